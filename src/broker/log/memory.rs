@@ -1,0 +1,199 @@
+//! The log in memory (`--memory`): same contract as the sled log, nothing survives a restart.
+//! Useful for tests, demos and deployments where history only needs to outlive a reconnect.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::{Log, LogError, Retention, StreamStats, TrimOutcome};
+use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
+
+#[derive(Default)]
+pub struct MemoryLog {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    last: u64,
+    streams: HashMap<StreamName, Stream>,
+}
+
+#[derive(Default)]
+struct Stream {
+    stats: StreamStats,
+    events: BTreeMap<u64, Record>,
+}
+
+struct Record {
+    time: u64,
+    kind: Option<EventType>,
+    data: String,
+}
+
+impl MemoryLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // Every writer leaves the maps consistent before it can panic, so poisoning is harmless.
+    fn read_lock(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_lock(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn to_event(stream: &StreamName, id: u64, record: &Record) -> Event {
+    Event::new(
+        EventId(id),
+        stream.clone(),
+        record.kind.clone(),
+        record.data.clone(),
+        record.time,
+    )
+}
+
+impl Log for MemoryLog {
+    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, LogError> {
+        let mut inner = self.write_lock();
+        inner
+            .last
+            .checked_add(events.len() as u64)
+            .ok_or(LogError::IdsExhausted)?;
+        let mut appended = Vec::with_capacity(events.len());
+        for new in events {
+            inner.last += 1;
+            let id = inner.last;
+            let stream = inner.streams.entry(new.stream.clone()).or_default();
+            if stream.stats.length == 0 {
+                stream.stats.first_id = EventId(id);
+                stream.stats.first_time = time;
+            }
+            stream.stats.length += 1;
+            stream.stats.last_id = EventId(id);
+            let record = Record {
+                time,
+                kind: new.kind,
+                data: new.data,
+            };
+            appended.push(to_event(&new.stream, id, &record));
+            stream.events.insert(id, record);
+        }
+        Ok(appended)
+    }
+
+    fn sync(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    fn read(
+        &self,
+        stream: &StreamName,
+        after: EventId,
+        upto: EventId,
+        limit: usize,
+    ) -> Result<Vec<Event>, LogError> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let inner = self.read_lock();
+        Ok(inner.streams.get(stream).map_or_else(Vec::new, |s| {
+            s.events
+                .range(after.0 + 1..=upto.0)
+                .take(limit)
+                .map(|(id, r)| to_event(stream, *id, r))
+                .collect()
+        }))
+    }
+
+    fn read_last(
+        &self,
+        stream: &StreamName,
+        upto: EventId,
+        n: usize,
+    ) -> Result<Vec<Event>, LogError> {
+        let inner = self.read_lock();
+        let mut events: Vec<Event> = inner.streams.get(stream).map_or_else(Vec::new, |s| {
+            s.events
+                .range(..=upto.0)
+                .rev()
+                .take(n)
+                .map(|(id, r)| to_event(stream, *id, r))
+                .collect()
+        });
+        events.reverse();
+        Ok(events)
+    }
+
+    fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, LogError> {
+        let inner = self.read_lock();
+        Ok(inner
+            .streams
+            .get(stream)
+            .and_then(|s| s.events.get(&id.0))
+            .map(|r| to_event(stream, id.0, r)))
+    }
+
+    fn trim(
+        &self,
+        stream: &StreamName,
+        retention: &Retention,
+        now: u64,
+        budget: usize,
+    ) -> Result<TrimOutcome, LogError> {
+        let mut inner = self.write_lock();
+        let Some(s) = inner.streams.get_mut(stream) else {
+            return Ok(TrimOutcome::default());
+        };
+        let mut plan = retention.plan(&s.stats, now);
+        let mut outcome = TrimOutcome::default();
+        while let Some(entry) = s.events.first_entry() {
+            let (id, time) = (*entry.key(), entry.get().time);
+            if outcome.removed as usize == budget {
+                outcome.more = plan.remove(time);
+                break;
+            }
+            if !plan.remove(time) {
+                break;
+            }
+            entry.remove();
+            outcome.removed += 1;
+            s.stats.trimmed_through = EventId(id);
+        }
+        s.stats.length -= outcome.removed;
+        (s.stats.first_id, s.stats.first_time) = s
+            .events
+            .first_key_value()
+            .map_or((EventId(0), 0), |(id, r)| (EventId(*id), r.time));
+        Ok(outcome)
+    }
+
+    fn stats(&self, stream: &StreamName) -> Option<StreamStats> {
+        self.read_lock().streams.get(stream).map(|s| s.stats)
+    }
+
+    fn all_stats(&self) -> Vec<(StreamName, StreamStats)> {
+        let mut all: Vec<_> = self
+            .read_lock()
+            .streams
+            .iter()
+            .map(|(name, s)| (name.clone(), s.stats))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    fn last_id(&self) -> EventId {
+        EventId(self.read_lock().last)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+
+    fn close(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! One subscriber's way through its streams: catch up from the log, then go live, and fall back to
+//! the log whenever it cannot keep up.
+//!
+//! The seam between history and live is where events get lost or doubled, so the order of steps
+//! is the whole design:
+//! 1. join the topic's live channel *first*, so nothing made visible from now on is missed;
+//! 2. read the visible watermark: every event up to it is in the log, every later one will also
+//!    arrive on the channel (the writer raises the watermark before it sends);
+//! 3. catch up from the log in pages, bounded by the watermark, in id order across all streams;
+//! 4. go live, skipping any channel event at or below the cursor (already read from the log).
+//!
+//! A receiver that lags behind its channel's capacity goes back to step 3 from its cursor, so a
+//! slow subscriber costs a bounded channel slot, never a queue of its own, and never slows the
+//! writer. The cursor only moves forward, so nothing is delivered twice.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::Stream;
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::event::{Event, EventId, StreamName};
+use super::fanout::{Membership, Topic};
+use super::log::Log;
+use super::{BrokerError, Shared};
+
+/// Events read from the log per step of a catch-up.
+const PAGE: usize = 512;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// Only events made visible after subscribing.
+    Live,
+    /// Every retained event with a higher id, then live. `After(EventId(0))` is all history.
+    After(EventId),
+}
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Event(Arc<Event>),
+    /// Events the subscriber asked for were removed by retention before it could read them.
+    Gap(Gap),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    pub stream: StreamName,
+    #[serde(serialize_with = "id_string")]
+    pub requested_after: EventId,
+    /// The oldest event still retained, or `None` when the stream holds none now.
+    #[serde(serialize_with = "opt_id_string")]
+    pub oldest_available: Option<EventId>,
+}
+
+fn id_string<S: serde::Serializer>(id: &EventId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.0.to_string())
+}
+
+fn opt_id_string<S: serde::Serializer>(id: &Option<EventId>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => id_string(id, s),
+        None => s.serialize_none(),
+    }
+}
+
+pub struct Subscription {
+    shared: Arc<Shared>,
+    streams: Topic,
+    membership: Membership,
+    /// Everything at or below this id has been delivered or deliberately skipped.
+    cursor: EventId,
+    catching_up: bool,
+    pending: VecDeque<Delivery>,
+    /// Where the cursor stands once `pending` is drained (the end of the page read).
+    pending_bound: EventId,
+    gap_told: Vec<bool>,
+    lag_recoveries: u64,
+}
+
+impl Subscription {
+    pub(crate) fn new(shared: Arc<Shared>, streams: Topic, start: StartAt) -> Subscription {
+        let membership = shared.fanout.join(streams.clone());
+        let visible = EventId(shared.visible.load(Ordering::Acquire));
+        // An id from the future (say, a client of a data directory since wiped) would otherwise
+        // hide every event until the sequence caught up with it: treat it as "now".
+        let (cursor, catching_up) = match start {
+            StartAt::Live => (visible, false),
+            StartAt::After(id) => (id.min(visible), id < visible),
+        };
+        Subscription {
+            gap_told: vec![false; streams.len()],
+            shared,
+            streams,
+            membership,
+            cursor,
+            catching_up,
+            pending: VecDeque::new(),
+            pending_bound: cursor,
+            lag_recoveries: 0,
+        }
+    }
+
+    /// The streams this subscription reads, sorted.
+    pub fn streams(&self) -> &[StreamName] {
+        &self.streams
+    }
+
+    /// The id of the last event delivered or skipped.
+    pub fn cursor(&self) -> EventId {
+        self.cursor
+    }
+
+    /// How often this subscriber fell behind its live channel and was caught up from the log.
+    pub fn lag_recoveries(&self) -> u64 {
+        self.lag_recoveries
+    }
+
+    /// The next delivery. `None` when the broker is gone. Cancel-safe: dropping the future
+    /// loses nothing, the next call resumes where this one was.
+    pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        loop {
+            if let Some(delivery) = self.pending.pop_front() {
+                if let Delivery::Event(event) = &delivery {
+                    self.cursor = event.id;
+                }
+                return Some(Ok(delivery));
+            }
+            self.cursor = self.cursor.max(self.pending_bound);
+            if self.catching_up {
+                let upto = EventId(self.shared.visible.load(Ordering::Acquire));
+                if self.cursor >= upto {
+                    self.catching_up = false;
+                    continue;
+                }
+                self.note_gaps();
+                if !self.pending.is_empty() {
+                    continue;
+                }
+                let log = self.shared.log.clone();
+                let streams = self.streams.clone();
+                let after = self.cursor;
+                let page = tokio::task::spawn_blocking(move || {
+                    read_page(log.as_ref(), &streams, after, upto)
+                })
+                .await;
+                match page {
+                    Ok(Ok((events, bound))) => {
+                        self.pending
+                            .extend(events.into_iter().map(|e| Delivery::Event(Arc::new(e))));
+                        self.pending_bound = bound;
+                    }
+                    Ok(Err(e)) => return Some(Err(e.into())),
+                    Err(e) => return Some(Err(BrokerError::Store(e.to_string()))),
+                }
+            } else {
+                match self.membership.receiver().recv().await {
+                    Ok(event) if event.id > self.cursor => {
+                        self.cursor = event.id;
+                        return Some(Ok(Delivery::Event(event)));
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        self.lag_recoveries += 1;
+                        self.catching_up = true;
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    }
+
+    /// Queues one `Gap` per stream whose retained history no longer reaches the cursor.
+    fn note_gaps(&mut self) {
+        if self.cursor == EventId::ZERO {
+            return; // "everything retained" cannot miss anything
+        }
+        for (i, stream) in self.streams.iter().enumerate() {
+            if self.gap_told[i] {
+                continue;
+            }
+            let Some(stats) = self.shared.log.stats(stream) else {
+                continue;
+            };
+            if stats.trimmed_through > self.cursor {
+                self.gap_told[i] = true;
+                self.pending.push_back(Delivery::Gap(Gap {
+                    stream: stream.clone(),
+                    requested_after: self.cursor,
+                    oldest_available: (stats.length > 0).then_some(stats.first_id),
+                }));
+            }
+        }
+    }
+
+    /// This subscription as a `futures::Stream`.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Delivery, BrokerError>> + Send + Sync {
+        futures::stream::unfold(self, |mut sub| async move {
+            sub.next().await.map(|item| (item, sub))
+        })
+    }
+}
+
+/// Reads the next events after `after` of all `streams` in id order, up to `upto`. Returns them
+/// and the id up to which the answer is complete: a stream that filled its page may hold more
+/// beyond its last id, so nothing past the smallest such id can be trusted to be complete yet.
+fn read_page(
+    log: &dyn Log,
+    streams: &[StreamName],
+    after: EventId,
+    upto: EventId,
+) -> Result<(Vec<Event>, EventId), super::log::LogError> {
+    let mut bound = upto;
+    let mut events = Vec::new();
+    for stream in streams {
+        let mut page = log.read(stream, after, upto, PAGE)?;
+        if page.len() == PAGE {
+            if let Some(last) = page.last() {
+                bound = bound.min(last.id);
+            }
+        }
+        events.append(&mut page);
+    }
+    if streams.len() > 1 {
+        events.retain(|e| e.id <= bound);
+        events.sort_unstable_by_key(|e| e.id);
+    }
+    Ok((events, bound))
+}

@@ -1,0 +1,192 @@
+//! Flags and environment variables → one [`Config`]. Every flag has a `HERALD_*` twin; clap
+//! writes `--help` from the doc comments below, so they are written for the operator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::broker::log::Retention;
+use crate::broker::{BrokerOptions, Durability, Storage};
+use crate::http::{HeartbeatStyle, HttpOptions};
+
+/// herald: durable Server-Sent Events streams in one binary — publish over HTTP, subscribe with
+/// EventSource, resume by id. `herald` alone runs `herald serve`.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on. A non-loopback address needs --allow-public-publish until
+    /// publishing can be protected by a token.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+
+    /// Directory of the event log (created if missing).
+    #[arg(long, env = "HERALD_DATA", default_value = "./herald-data")]
+    pub data: PathBuf,
+
+    /// Keep events in memory only: nothing survives a restart.
+    #[arg(long, env = "HERALD_MEMORY")]
+    pub memory: bool,
+
+    /// Seconds of silence after which an idle SSE connection gets a heartbeat (decimals allowed).
+    #[arg(long, env = "HERALD_HEARTBEAT", default_value = "15", value_parser = parse_seconds)]
+    pub heartbeat: Duration,
+
+    /// Send heartbeats as `event: heartbeat` / `data: ping` (visible to EventSource listeners)
+    /// instead of the `: heartbeat` comment.
+    #[arg(long, env = "HERALD_HEARTBEAT_EVENT")]
+    pub heartbeat_event: bool,
+
+    /// Keep at most this many events per stream; older ones are trimmed in the background.
+    /// 0 means no limit.
+    #[arg(long, env = "HERALD_MAX_LEN", default_value_t = 100_000)]
+    pub max_len: u64,
+
+    /// Trim events older than this many seconds (decimals allowed). Default: keep by length only.
+    #[arg(long, env = "HERALD_MAX_AGE", value_parser = parse_seconds)]
+    pub max_age: Option<Duration>,
+
+    /// Acknowledge publishes before they are on disk and fsync every N milliseconds instead. A
+    /// crash can then lose up to N ms of acknowledged events (ids are still never reused).
+    /// Default: every acknowledged event is fsync'd (concurrent publishes share one fsync).
+    #[arg(long, env = "HERALD_FLUSH_INTERVAL", value_name = "MS")]
+    pub flush_interval: Option<u64>,
+
+    /// Largest event data, in bytes.
+    #[arg(long, env = "HERALD_MAX_DATA", default_value_t = 1 << 20)]
+    pub max_data: usize,
+
+    /// Largest body of a POST /publish batch, in bytes.
+    #[arg(long, env = "HERALD_MAX_BATCH", default_value_t = 16 << 20)]
+    pub max_batch: usize,
+
+    /// Most streams one SSE connection may read.
+    #[arg(long, env = "HERALD_MAX_STREAMS", default_value_t = 32)]
+    pub max_streams: usize,
+
+    /// Memory for the store's page cache, in MiB.
+    #[arg(long, env = "HERALD_CACHE_MB", default_value_t = 128)]
+    pub cache_mb: u64,
+
+    /// Events buffered per live channel; a subscriber further behind is caught up from the log.
+    #[arg(long, env = "HERALD_CHANNEL_CAPACITY", default_value_t = 256)]
+    pub channel_capacity: usize,
+
+    /// On shutdown, clients are told to reconnect after a random delay within this many seconds.
+    #[arg(long, env = "HERALD_SHUTDOWN_RETRY_WINDOW", default_value = "10", value_parser = parse_seconds)]
+    pub shutdown_retry_window: Duration,
+
+    /// Allow listening on a non-loopback address although anyone who can reach it may publish.
+    #[arg(long, env = "HERALD_ALLOW_PUBLIC_PUBLISH")]
+    pub allow_public_publish: bool,
+}
+
+/// Everything `herald serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub broker: BrokerOptions,
+    pub http: HttpOptions,
+    pub allow_public_publish: bool,
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> Result<Config, String> {
+        if self.max_data == 0 {
+            return Err("--max-data must be at least 1 byte".into());
+        }
+        if self.max_streams == 0 {
+            return Err("--max-streams must be at least 1".into());
+        }
+        if self.flush_interval == Some(0) {
+            return Err("--flush-interval must be at least 1 ms".into());
+        }
+        let storage = if self.memory {
+            Storage::Memory
+        } else {
+            Storage::Disk {
+                dir: self.data,
+                cache_bytes: self.cache_mb.max(1) << 20,
+            }
+        };
+        Ok(Config {
+            listen: self.listen,
+            broker: BrokerOptions {
+                storage,
+                durability: match self.flush_interval {
+                    Some(ms) => Durability::Interval(Duration::from_millis(ms)),
+                    None => Durability::Fsync,
+                },
+                retention: Retention {
+                    max_len: (self.max_len > 0).then_some(self.max_len),
+                    max_age_ms: self.max_age.map(|d| d.as_millis() as u64),
+                },
+                channel_capacity: self.channel_capacity.max(1),
+                trim_every: Duration::from_secs(1),
+            },
+            http: HttpOptions {
+                max_data_bytes: self.max_data,
+                max_batch_bytes: self.max_batch,
+                max_streams_per_subscription: self.max_streams,
+                heartbeat: self.heartbeat,
+                heartbeat_style: if self.heartbeat_event {
+                    HeartbeatStyle::Event
+                } else {
+                    HeartbeatStyle::Comment
+                },
+                shutdown_retry_window: self.shutdown_retry_window,
+                ..HttpOptions::default()
+            },
+            allow_public_publish: self.allow_public_publish,
+        })
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite() && secs < 1e9) {
+        return Err(format!("{text:?} must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_herald_is_serve_with_defaults() {
+        let cli = Cli::try_parse_from(["herald"]).unwrap();
+        assert!(cli.command.is_none());
+        let config = cli.serve.into_config().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(config.http.heartbeat, Duration::from_secs(15));
+        assert_eq!(config.broker.durability, Durability::Fsync);
+        assert_eq!(config.broker.retention.max_len, Some(100_000));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["herald", "--heartbeat", "0"]).is_err());
+        assert!(Cli::try_parse_from(["herald", "--heartbeat", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["herald", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["herald", "serve", "--max-len", "-1"]).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! The HTTP surface, as warp filters: one file per surface, composed in [`routes`].
+//!
+//! Handlers validate everything a client sends, call the broker, and turn any failure into the
+//! JSON error of [`error`]. Nothing here touches the log directly.
+
+pub mod error;
+mod history;
+mod publish;
+mod sse;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Filter;
+
+use crate::broker::event::StreamName;
+use crate::broker::Broker;
+use error::ApiError;
+
+/// What an idle connection is sent after the heartbeat interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatStyle {
+    /// `: heartbeat` — invisible to `EventSource` code.
+    Comment,
+    /// `event: heartbeat` / `data: ping`, as in the seed talk, for clients that want to see it.
+    Event,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Largest `data` of one event, in bytes.
+    pub max_data_bytes: usize,
+    /// Largest body of a `POST /publish` batch, in bytes.
+    pub max_batch_bytes: usize,
+    /// Most streams one SSE connection may read.
+    pub max_streams_per_subscription: usize,
+    pub heartbeat: Duration,
+    pub heartbeat_style: HeartbeatStyle,
+    /// The reconnection delay sent when a connection opens, in milliseconds.
+    pub retry_ms: u64,
+    /// On shutdown, clients are told to come back after a random delay up to this long.
+    pub shutdown_retry_window: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            max_data_bytes: 1 << 20,
+            max_batch_bytes: 16 << 20,
+            max_streams_per_subscription: 32,
+            heartbeat: Duration::from_secs(15),
+            heartbeat_style: HeartbeatStyle::Comment,
+            retry_ms: 3000,
+            shutdown_retry_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler gets: the broker, the options, and the shutdown signal.
+#[derive(Clone)]
+pub struct Api {
+    pub broker: Broker,
+    pub options: Arc<HttpOptions>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Tells every open SSE response to send its clients a jittered `retry:` and end.
+pub struct ShutdownSignal(watch::Sender<bool>);
+
+impl ShutdownSignal {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Api {
+    pub fn new(broker: Broker, options: HttpOptions) -> (Api, ShutdownSignal) {
+        let (tx, rx) = watch::channel(false);
+        let api = Api {
+            broker,
+            options: Arc::new(options),
+            shutdown: rx,
+        };
+        (api, ShutdownSignal(tx))
+    }
+}
+
+/// All of herald's routes, with unknown paths answered as JSON errors.
+pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .and(with_api(api.clone()))
+        .map(|api: Api| {
+            if api.broker.is_writable() {
+                warp::reply::with_status(
+                    warp::reply::json(&serde_json::json!({"status": "ok"})),
+                    StatusCode::OK,
+                )
+            } else {
+                warp::reply::with_status(
+                    warp::reply::json(&serde_json::json!({"status": "store not writable"})),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+            }
+        })
+        .map(warp::Reply::into_response);
+    publish::routes(api.clone())
+        .or(sse::routes(api.clone()))
+        .unify()
+        .or(history::routes(api))
+        .unify()
+        .or(health)
+        .unify()
+        .recover(error::recover)
+        .unify()
+}
+
+fn with_api(api: Api) -> impl Filter<Extract = (Api,), Error = Infallible> + Clone {
+    warp::any().map(move || api.clone())
+}
+
+/// The query string, or "" when there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// Decodes query pairs (`+` and `%XX`), keeping repeated keys.
+fn query_pairs(raw: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// A stream name from a path segment, percent-decoded (`a%3Ab` is `a:b`).
+fn stream_from_path(segment: &str) -> Result<StreamName, ApiError> {
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("stream name is not valid UTF-8"))?;
+    Ok(StreamName::new(&decoded)?)
+}
+
+/// Reads a request body, refusing it with 413 as soon as it passes `limit` bytes, so an
+/// oversized body is never held in memory whole. Works for chunked bodies too.
+async fn read_body<S, B>(body: S, limit: usize) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let mut body = std::pin::pin!(body);
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        if collected.len() + chunk.remaining() > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            collected.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(collected.freeze())
+}

@@ -1,0 +1,290 @@
+//! `POST /streams/{stream}` and `POST /publish`: turn a request into validated events, or refuse
+//! it whole. Every check happens before the broker sees anything, so a refused request stores
+//! and sends nothing.
+
+use serde_json::{Map, Value};
+use warp::http::{header, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::error::{respond, ApiError};
+use super::{query_pairs, raw_query, read_body, stream_from_path, with_api, Api};
+use crate::broker::event::{EventType, NewEvent, StreamName};
+
+/// Slack above the data limit for the JSON around the data of a single publish.
+const JSON_OVERHEAD: usize = 64 * 1024;
+
+pub fn routes(
+    api: Api,
+) -> impl warp::Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let one = warp::path!("streams" / String)
+        .and(warp::post())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(raw_query())
+        .and(warp::body::stream())
+        .and(with_api(api.clone()))
+        .then(
+            |stream: String, ctype, length, query: String, body, api: Api| async move {
+                respond(publish_one(api, stream, ctype, length, query, body).await)
+            },
+        );
+    let batch = warp::path!("publish")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and(with_api(api))
+        .then(|ctype, length, body, api: Api| async move {
+            respond(publish_batch(api, ctype, length, body).await)
+        });
+    one.or(batch).unify()
+}
+
+/// What a `Content-Type` header says about the body.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Raw,
+}
+
+fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ApiError> {
+    let Some(content_type) = content_type else {
+        return Ok(BodyKind::Raw);
+    };
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    for param in parts {
+        if let Some((key, value)) = param.split_once('=') {
+            let value = value.trim().trim_matches('"').to_ascii_lowercase();
+            if key.trim().eq_ignore_ascii_case("charset") && value != "utf-8" && value != "utf8" {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("herald stores UTF-8 text; charset={value} is not supported"),
+                ));
+            }
+        }
+    }
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(BodyKind::Json)
+    } else {
+        Ok(BodyKind::Raw)
+    }
+}
+
+fn check_declared_length(length: Option<u64>, limit: usize) -> Result<(), ApiError> {
+    match length {
+        Some(n) if n > limit as u64 => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {n} bytes is larger than the limit of {limit} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn publish_one<S, B>(
+    api: Api,
+    stream: String,
+    content_type: Option<String>,
+    length: Option<u64>,
+    query: String,
+    body: S,
+) -> Result<Response, ApiError>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    let stream = stream_from_path(&stream)?;
+    let max_data = api.options.max_data_bytes;
+    let kind = body_kind(content_type.as_deref())?;
+    let limit = match kind {
+        BodyKind::Json => max_data + JSON_OVERHEAD,
+        BodyKind::Raw => max_data,
+    };
+    check_declared_length(length, limit)?;
+    let mut query_event = None;
+    for (key, value) in query_pairs(&query) {
+        if key == "event" {
+            query_event = Some(EventType::new(&value)?);
+        }
+    }
+    let body = read_body(body, limit).await?;
+    let event = match kind {
+        BodyKind::Raw => NewEvent {
+            stream,
+            kind: query_event,
+            data: utf8(body.to_vec())?,
+        },
+        BodyKind::Json => {
+            let object = json_object(&body)?;
+            event_from_json(&object, Some(stream), max_data, query_event)?
+        }
+    };
+    let event = api.broker.publish(event).await?;
+    let location = format!("/streams/{}/events/{}", event.stream, event.id);
+    let body = warp::reply::json(&serde_json::json!({
+        "id": event.id.to_string(),
+        "stream": event.stream,
+    }));
+    let reply = warp::reply::with_status(body, StatusCode::CREATED);
+    Ok(warp::reply::with_header(reply, header::LOCATION, location).into_response())
+}
+
+async fn publish_batch<S, B>(
+    api: Api,
+    content_type: Option<String>,
+    length: Option<u64>,
+    body: S,
+) -> Result<Response, ApiError>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    if body_kind(content_type.as_deref())? != BodyKind::Json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /publish takes a JSON array; send Content-Type: application/json",
+        ));
+    }
+    let limit = api.options.max_batch_bytes;
+    check_declared_length(length, limit)?;
+    let body = read_body(body, limit).await?;
+    let items: Vec<Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Array(items)) => items,
+        Ok(_) => {
+            return Err(ApiError::bad_request(
+                r#"body must be a JSON array of {"stream", "event"?, "data"} objects"#,
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "body is not valid JSON: {e}"
+            )))
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request(
+            "the batch is empty; send at least one event",
+        ));
+    }
+    let mut events = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let at = |e: ApiError| ApiError::new(e.status, format!("event {index}: {}", e.message));
+        let Value::Object(object) = item else {
+            return Err(at(ApiError::bad_request(
+                r#"must be an object like {"stream": "name", "data": "..."}"#,
+            )));
+        };
+        events.push(event_from_json(&object, None, api.options.max_data_bytes, None).map_err(at)?);
+    }
+    let published = api.broker.publish_batch(events).await?;
+    let ids: Vec<String> = published.iter().map(|e| e.id.to_string()).collect();
+    let body = warp::reply::json(&serde_json::json!({ "ids": ids }));
+    Ok(warp::reply::with_status(body, StatusCode::CREATED).into_response())
+}
+
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ApiError::bad_request(
+            r#"body must be a JSON object like {"data": "...", "event": "type"}"#,
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// Builds an event from `{"stream"?, "event"?, "data"}`. `stream` is taken from the object only
+/// when the path did not give one (the batch form).
+fn event_from_json(
+    object: &Map<String, Value>,
+    path_stream: Option<StreamName>,
+    max_data: usize,
+    query_event: Option<EventType>,
+) -> Result<NewEvent, ApiError> {
+    let allowed: &[&str] = if path_stream.is_some() {
+        &["data", "event"]
+    } else {
+        &["stream", "data", "event"]
+    };
+    if let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown field {unknown:?}; allowed fields are {}",
+            allowed.join(", ")
+        )));
+    }
+    let stream = match path_stream {
+        Some(stream) => stream,
+        None => match object.get("stream") {
+            Some(Value::String(name)) => StreamName::new(name)?,
+            Some(_) => return Err(ApiError::bad_request("\"stream\" must be a string")),
+            None => return Err(ApiError::bad_request("missing \"stream\"")),
+        },
+    };
+    let kind = match object.get("event") {
+        None | Some(Value::Null) => query_event,
+        Some(Value::String(kind)) => Some(EventType::new(kind)?),
+        Some(_) => return Err(ApiError::bad_request("\"event\" must be a string")),
+    };
+    let data = match object.get("data") {
+        None => return Err(ApiError::bad_request("missing \"data\"")),
+        Some(Value::String(text)) => text.clone(),
+        // Compact JSON text: serde_json escapes control characters, so it holds no raw newline.
+        Some(other) => other.to_string(),
+    };
+    if data.len() > max_data {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "data is {} bytes, over the limit of {max_data} bytes",
+                data.len()
+            ),
+        ));
+    }
+    Ok(NewEvent { stream, kind, data })
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, ApiError> {
+    String::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "data is not valid UTF-8 (invalid byte at offset {}); herald stores text",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_are_read_as_users_send_them() {
+        assert_eq!(body_kind(None), Ok(BodyKind::Raw));
+        assert_eq!(body_kind(Some("application/json")), Ok(BodyKind::Json));
+        assert_eq!(
+            body_kind(Some("Application/JSON; charset=UTF-8")),
+            Ok(BodyKind::Json)
+        );
+        assert_eq!(
+            body_kind(Some("application/activity+json")),
+            Ok(BodyKind::Json)
+        );
+        assert_eq!(body_kind(Some("text/plain")), Ok(BodyKind::Raw));
+        assert_eq!(
+            body_kind(Some("application/x-www-form-urlencoded")),
+            Ok(BodyKind::Raw)
+        );
+        let latin1 = body_kind(Some("text/plain; charset=iso-8859-1")).unwrap_err();
+        assert_eq!(latin1.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[test]
+    fn json_data_that_is_not_a_string_is_stored_as_compact_json() {
+        let object = json_object(br#"{"data": {"a": [1, 2], "b": "x\ny"}}"#).unwrap();
+        let stream = StreamName::new("s").unwrap();
+        let event = event_from_json(&object, Some(stream), 1000, None).unwrap();
+        assert_eq!(event.data, r#"{"a":[1,2],"b":"x\ny"}"#);
+        assert!(!event.data.contains('\n'));
+    }
+}

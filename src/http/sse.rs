@@ -1,0 +1,274 @@
+//! `GET /sse`: a subscription, written as a `text/event-stream` response.
+//!
+//! The body is a stream that hyper polls only when the socket can take more, so a client that
+//! stops reading applies real TCP backpressure: its subscription simply stops pulling, falls
+//! behind its live channel, and is later caught up from the log. Frames are the events'
+//! pre-encoded `Bytes`, shared with every other subscriber.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::watch;
+use uuid::Uuid;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::error::{respond, ApiError};
+use super::{query_pairs, raw_query, with_api, Api, HeartbeatStyle};
+use crate::broker::event::{EventId, StreamName};
+use crate::broker::{Delivery, Gap, StartAt, Subscription};
+
+pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("sse")
+        .and(warp::get())
+        .and(raw_query())
+        .and(warp::header::optional::<String>("last-event-id"))
+        .and(with_api(api))
+        .map(|query: String, last_event_id: Option<String>, api: Api| {
+            respond(subscribe(api, &query, last_event_id.as_deref()))
+        })
+}
+
+/// A parsed `GET /sse` request.
+#[derive(Debug, PartialEq, Eq)]
+struct SseRequest {
+    streams: Vec<StreamName>,
+    start: StartAt,
+    envelope: bool,
+}
+
+fn parse_request(
+    query: &str,
+    last_event_id: Option<&str>,
+    max_streams: usize,
+) -> Result<SseRequest, ApiError> {
+    let mut streams = Vec::new();
+    let mut last_id = None;
+    let mut envelope = false;
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "stream" => streams.push(StreamName::new(&value)?),
+            "last_id" => {
+                last_id = Some(EventId::parse(&value).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "last_id must be a decimal event id, got {value:?}"
+                    ))
+                })?)
+            }
+            "envelope" => {
+                envelope = match value.as_str() {
+                    "1" | "true" | "" => true,
+                    "0" | "false" => false,
+                    _ => return Err(ApiError::bad_request("envelope must be 1 or 0")),
+                }
+            }
+            // Other parameters (cache busters, tokens handled elsewhere) are ignored.
+            _ => {}
+        }
+    }
+    if streams.is_empty() {
+        return Err(ApiError::bad_request(
+            "name at least one stream: /sse?stream=NAME (repeat for more)",
+        ));
+    }
+    if streams.len() > max_streams {
+        return Err(ApiError::bad_request(format!(
+            "{} streams requested; one connection may read at most {max_streams}",
+            streams.len()
+        )));
+    }
+    // The header wins: it is what a reconnecting EventSource sends, and it is newer than the
+    // last_id the page was first opened with.
+    if let Some(header) = last_event_id {
+        let id = EventId::parse(header).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Last-Event-ID must be a decimal event id, got {header:?}"
+            ))
+        })?;
+        last_id = Some(id);
+    }
+    Ok(SseRequest {
+        streams,
+        start: last_id.map_or(StartAt::Live, StartAt::After),
+        envelope,
+    })
+}
+
+fn subscribe(api: Api, query: &str, last_event_id: Option<&str>) -> Result<Response, ApiError> {
+    let request = parse_request(
+        query,
+        last_event_id,
+        api.options.max_streams_per_subscription,
+    )?;
+    let subscription = api.broker.subscribe(request.streams, request.start);
+    let body = SseBody::new(&api, subscription, request.envelope).into_stream();
+    let mut response = warp::reply::stream(body).into_response();
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Logs one line when a connection opens and one when it goes, with what it received — the
+/// seed talk's per-connection log, kept.
+struct ConnectionLog {
+    id: Uuid,
+    streams: String,
+    delivered: u64,
+    opened: Instant,
+}
+
+impl ConnectionLog {
+    fn open(subscription: &Subscription) -> ConnectionLog {
+        let log = ConnectionLog {
+            id: Uuid::new_v4(),
+            streams: subscription
+                .streams()
+                .iter()
+                .map(StreamName::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            delivered: 0,
+            opened: Instant::now(),
+        };
+        tracing::info!(conn = %log.id, streams = %log.streams, from = %subscription.cursor(), "sse connected");
+        log
+    }
+}
+
+impl Drop for ConnectionLog {
+    fn drop(&mut self) {
+        tracing::info!(
+            conn = %self.id,
+            streams = %self.streams,
+            events = self.delivered,
+            secs = self.opened.elapsed().as_secs(),
+            "sse disconnected"
+        );
+    }
+}
+
+struct SseBody {
+    subscription: Subscription,
+    log: ConnectionLog,
+    envelope: bool,
+    heartbeat: Duration,
+    heartbeat_frame: Bytes,
+    opening: Option<Bytes>,
+    shutdown: watch::Receiver<bool>,
+    shutdown_retry_window: Duration,
+    ended: bool,
+}
+
+impl SseBody {
+    fn new(api: &Api, subscription: Subscription, envelope: bool) -> SseBody {
+        SseBody {
+            log: ConnectionLog::open(&subscription),
+            subscription,
+            envelope,
+            heartbeat: api.options.heartbeat,
+            heartbeat_frame: match api.options.heartbeat_style {
+                HeartbeatStyle::Comment => Bytes::from_static(b": heartbeat\n\n"),
+                HeartbeatStyle::Event => Bytes::from_static(b"event: heartbeat\ndata: ping\n\n"),
+            },
+            // Sent at once, so the browser's `onopen` fires before any event exists.
+            opening: Some(Bytes::from(format!("retry: {}\n\n", api.options.retry_ms))),
+            shutdown: api.shutdown.clone(),
+            shutdown_retry_window: api.options.shutdown_retry_window,
+            ended: false,
+        }
+    }
+
+    /// The next bytes to write, or `None` to end the response.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        if let Some(opening) = self.opening.take() {
+            return Some(opening);
+        }
+        if self.ended {
+            return None;
+        }
+        let retry_window = self.shutdown_retry_window;
+        tokio::select! {
+            biased;
+            _ = self.shutdown.wait_for(|stop| *stop) => {
+                self.ended = true;
+                Some(come_back_later(retry_window))
+            }
+            next = tokio::time::timeout(self.heartbeat, self.subscription.next()) => match next {
+                Err(_idle) => Some(self.heartbeat_frame.clone()),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => {
+                    tracing::error!(conn = %self.log.id, error = %e, "subscription failed; closing");
+                    None
+                }
+                Ok(Some(Ok(Delivery::Event(event)))) => {
+                    self.log.delivered += 1;
+                    Some(if self.envelope { event.sse_envelope_frame() } else { event.sse_frame() })
+                }
+                Ok(Some(Ok(Delivery::Gap(gap)))) => Some(gap_frame(&gap)),
+            }
+        }
+    }
+
+    fn into_stream(
+        self,
+    ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + Sync {
+        futures::stream::unfold(self, |mut body| async move {
+            body.next_frame().await.map(|frame| (Ok(frame), body))
+        })
+    }
+}
+
+/// On shutdown: a reconnection delay spread over the window, so a restart is not met by every
+/// client in the same millisecond.
+fn come_back_later(window: Duration) -> Bytes {
+    let window = window.as_millis().max(1) as u64;
+    let delay = 1000 + fastrand::u64(0..window);
+    Bytes::from(format!(": herald is restarting\nretry: {delay}\n\n"))
+}
+
+/// `event: gap` has no id, so it does not move the client's `Last-Event-ID`.
+fn gap_frame(gap: &Gap) -> Bytes {
+    let json = serde_json::to_string(gap).unwrap_or_default();
+    Bytes::from(format!("event: gap\ndata: {json}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_event_id_header_wins_over_the_query() {
+        let request = parse_request("stream=a&stream=b&last_id=5", Some("9"), 32).unwrap();
+        assert_eq!(request.start, StartAt::After(EventId(9)));
+        assert_eq!(request.streams.len(), 2);
+        let request = parse_request("stream=a&last_id=5", None, 32).unwrap();
+        assert_eq!(request.start, StartAt::After(EventId(5)));
+        assert_eq!(
+            parse_request("stream=a", None, 32).unwrap().start,
+            StartAt::Live
+        );
+    }
+
+    #[test]
+    fn bad_subscriptions_are_refused_with_reasons() {
+        assert!(parse_request("", None, 32).is_err());
+        assert!(parse_request("stream=a%2Fb", None, 32).is_err());
+        assert!(parse_request("stream=a&last_id=x", None, 32).is_err());
+        assert!(parse_request("stream=a", Some("-1"), 32).is_err());
+        assert!(parse_request("stream=a&stream=b&stream=c", None, 2).is_err());
+        assert!(parse_request("stream=a&envelope=yes", None, 32).is_err());
+        assert!(
+            parse_request("stream=realtime-qa%3Acommon&envelope=1", None, 32)
+                .unwrap()
+                .envelope
+        );
+    }
+}

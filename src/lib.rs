@@ -1,0 +1,49 @@
+//! # herald
+//!
+//! Durable Server-Sent Events streams in one process: apps `POST` events, browsers subscribe with
+//! `EventSource`, and a browser that reconnects with `Last-Event-ID` gets exactly what it missed.
+//! It replaces the "async web process + Redis Streams + glue" stack.
+//!
+//! ## Where an event goes
+//! ```text
+//! POST /streams/a ─► http::publish ─► Broker::publish ─► writer thread ─► log (sled, fsync)
+//!                                                              │
+//!                              visible watermark raised, then ─┴─► fanout (broadcast channel
+//!                                                                  per set of streams)
+//! GET /sse?stream=a ◄── http::sse ◄── Subscription (catch up from log, then live) ◄──┘
+//! ```
+//!
+//! ## Modules
+//! - [`broker`] — the core, with no HTTP in it: [`broker::event`] (names, ids, SSE encoding),
+//!   [`broker::log`] (the append-only log and its sled and memory backends), the writer (group
+//!   commit), [`broker::fanout`] (live channels), [`broker::subscription`] (catch-up + live).
+//! - [`http`] — warp filters, one file per surface, and the one JSON error type.
+//! - [`config`] — flags and environment variables into one [`config::Config`].
+//! - [`server`] — `herald serve`: listen, shut down cleanly.
+//!
+//! ## Embedding
+//! ```no_run
+//! use herald::broker::{Broker, BrokerOptions, StartAt, Delivery};
+//! use herald::broker::event::{NewEvent, StreamName};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = Broker::open(BrokerOptions::default())?; // in memory
+//! let room = StreamName::new("room")?;
+//! let mut sub = broker.subscribe(vec![room.clone()], StartAt::After(Default::default()));
+//! broker.publish(NewEvent { stream: room, kind: None, data: "hello".into() }).await?;
+//! if let Some(Ok(Delivery::Event(event))) = sub.next().await {
+//!     assert_eq!(event.data, "hello");
+//! }
+//! // Serve the same broker over HTTP beside your own warp routes:
+//! let (api, _shutdown) = herald::http::Api::new(broker.clone(), Default::default());
+//! let routes = herald::http::routes(api);
+//! # let _ = routes;
+//! # Ok(()) }
+//! ```
+
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod server;
+
+pub use broker::{Broker, BrokerOptions};

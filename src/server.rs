@@ -1,0 +1,109 @@
+//! `herald serve`: open the broker, listen, and stop cleanly.
+//!
+//! Shutdown is one small sequence, run on the first SIGTERM or SIGINT: stop accepting, tell every
+//! SSE client when to come back (a jittered `retry:`), let responses end, then flush and close
+//! the log. A second signal exits at once. If connections linger past the grace period the log is
+//! closed anyway — an acknowledged event is already on disk, so waiting longer protects nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::broker::{Broker, Storage};
+use crate::config::Config;
+use crate::http::{routes, Api};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot open the event store: {0}")]
+    Store(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How long connections get to finish after the shutdown signal.
+const GRACE: Duration = Duration::from_secs(5);
+
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    if !config.listen.ip().is_loopback() && !config.allow_public_publish {
+        return Err(ServeError::Refused(format!(
+            "refusing to listen on {}: anyone who can reach it could publish. Listen on a \
+             loopback address, or pass --allow-public-publish if this is what you want",
+            config.listen
+        )));
+    }
+    if let Storage::Disk { dir, .. } = &config.broker.storage {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ServeError::Store(format!("{}: {e}", dir.display())))?;
+    }
+    let broker =
+        Broker::open(config.broker.clone()).map_err(|e| ServeError::Store(e.to_string()))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (api, shutdown) = Api::new(broker.clone(), config.http.clone());
+    let (stop_accepting, stopped) = oneshot::channel::<()>();
+    let server = warp::serve(routes(api))
+        .incoming(listener)
+        .graceful(async {
+            let _ = stopped.await;
+        })
+        .run();
+    let server = tokio::spawn(server);
+
+    tracing::info!(%addr, last_id = %broker.last_visible_id(), "herald listening");
+    // Scripts and tests read this line to find the port when listening on port 0.
+    println!("herald listening on http://{addr}");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: telling clients when to come back");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    shutdown.trigger();
+    let _ = stop_accepting.send(());
+    if tokio::time::timeout(GRACE, server).await.is_err() {
+        tracing::warn!("connections still open after {GRACE:?}; closing the store anyway");
+    }
+    broker.close().await;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

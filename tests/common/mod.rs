@@ -1,0 +1,203 @@
+//! Starts the real `herald` binary on an ephemeral port with a temporary data directory, and
+//! speaks real HTTP and SSE to it.
+#![allow(dead_code)] // each test file uses a different part of this
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use eventsource_stream::{Event, Eventsource};
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+
+pub struct Server {
+    pub url: String,
+    child: Child,
+    args: Vec<String>,
+    data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server on a fresh data directory, with extra flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let mut server = Server::start_on(&data, extra);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// A server on the given data directory.
+    pub fn start_on(data: &Path, extra: &[&str]) -> Server {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, url) = spawn(data, &args);
+        Server {
+            url,
+            child,
+            args,
+            data: data.to_path_buf(),
+            _dir: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        started.elapsed()
+    }
+
+    /// Starts the server again on the same data directory and flags (new port).
+    pub fn restart(&mut self) {
+        let (child, url) = spawn(&self.data, &self.args);
+        self.child = child;
+        self.url = url;
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data")
+        .arg(data)
+        .args(extra)
+        .env("RUST_LOG", "herald=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start herald");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let url = line
+        .trim()
+        .strip_prefix("herald listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// Publishes raw text; returns the id.
+pub async fn publish(server: &Server, stream: &str, data: &str) -> u64 {
+    let response = client()
+        .post(server.at(&format!("/streams/{stream}")))
+        .body(data.to_string())
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status(), 201, "publish to {stream}");
+    id_of(&response.json::<Value>().await.expect("json")["id"])
+}
+
+/// Publishes a batch of (stream, data); returns the ids.
+pub async fn publish_batch(server: &Server, events: &[(&str, String)]) -> Vec<u64> {
+    let body: Vec<Value> = events
+        .iter()
+        .map(|(s, d)| serde_json::json!({"stream": s, "data": d}))
+        .collect();
+    let response = client()
+        .post(server.at("/publish"))
+        .json(&body)
+        .send()
+        .await
+        .expect("publish batch");
+    assert_eq!(response.status(), 201);
+    let json: Value = response.json().await.expect("json");
+    json["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(id_of)
+        .collect()
+}
+
+pub fn id_of(value: &Value) -> u64 {
+    value
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an id: {value}"))
+}
+
+/// Opens `GET /sse?{query}` (with `Last-Event-ID` if given) and returns the parsed event stream,
+/// once the response headers are in (so the subscription is registered).
+pub async fn subscribe(
+    server: &Server,
+    query: &str,
+    last_event_id: Option<u64>,
+) -> impl Stream<Item = Event> + Unpin {
+    let mut request = client().get(server.at(&format!("/sse?{query}")));
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    let response = request.send().await.expect("subscribe");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|e| e.expect("valid SSE")),
+    )
+}
+
+/// The next `n` events, failing the test if they take more than 30 s.
+pub async fn take(events: &mut (impl Stream<Item = Event> + Unpin), n: usize) -> Vec<Event> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match tokio::time::timeout(Duration::from_secs(30), events.next()).await {
+            Ok(Some(e)) => got.push(e),
+            Ok(None) => panic!("stream ended after {} of {n} events", got.len()),
+            Err(_) => panic!("timed out after {} of {n} events", got.len()),
+        }
+    }
+    got
+}
+
+pub fn ids(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e.id.parse().expect("numeric id"))
+        .collect()
+}
+
+pub async fn get_json(server: &Server, path: &str) -> (u16, Value) {
+    let response = client().get(server.at(path)).send().await.expect("get");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json body"))
+}
