@@ -122,6 +122,7 @@ struct ConnectionLog {
     id: Uuid,
     streams: String,
     delivered: u64,
+    lag_recoveries: u64,
     opened: Instant,
 }
 
@@ -136,6 +137,7 @@ impl ConnectionLog {
                 .collect::<Vec<_>>()
                 .join(","),
             delivered: 0,
+            lag_recoveries: 0,
             opened: Instant::now(),
         };
         tracing::info!(conn = %log.id, streams = %log.streams, from = %subscription.cursor(), "sse connected");
@@ -149,6 +151,7 @@ impl Drop for ConnectionLog {
             conn = %self.id,
             streams = %self.streams,
             events = self.delivered,
+            caught_up_from_log = self.lag_recoveries,
             secs = self.opened.elapsed().as_secs(),
             "sse disconnected"
         );
@@ -210,6 +213,7 @@ impl SseBody {
                 }
                 Ok(Some(Ok(Delivery::Event(event)))) => {
                     self.log.delivered += 1;
+                    self.log.lag_recoveries = self.subscription.lag_recoveries();
                     Some(if self.envelope { event.sse_envelope_frame() } else { event.sse_frame() })
                 }
                 Ok(Some(Ok(Delivery::Gap(gap)))) => Some(gap_frame(&gap)),

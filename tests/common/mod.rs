@@ -88,7 +88,10 @@ fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
         .arg("--data")
         .arg(data)
         .args(extra)
-        .env("RUST_LOG", "herald=warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "herald=warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
