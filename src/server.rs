@@ -55,6 +55,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         addr: config.listen,
         source,
     })?;
+    let mut signals = Signals::listen();
     let (api, shutdown) = Api::new(broker.clone(), config.http.clone());
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let server = warp::serve(routes(api))
@@ -69,10 +70,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     // Scripts and tests read this line to find the port when listening on port 0.
     println!("herald listening on http://{addr}");
 
-    wait_for_signal().await;
+    signals.next().await;
     tracing::info!("shutting down: telling clients when to come back");
-    tokio::spawn(async {
-        wait_for_signal().await;
+    let second = tokio::spawn(async move {
+        signals.next().await;
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
@@ -82,28 +83,54 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         tracing::warn!("connections still open after {GRACE:?}; closing the store anyway");
     }
     broker.close().await;
+    second.abort();
     tracing::info!("store flushed; bye");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, listened to from start-up on. One listener serves both waits: a listener
+/// created after a signal was delivered would still see that delivery and take it for a second.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                // `None` from recv means the runtime is shutting down, not that a signal came.
+                if let Some(signal) = signal {
+                    if signal.recv().await.is_some() {
+                        return;
+                    }
+                }
+                std::future::pending().await
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => {}
+                _ = recv(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

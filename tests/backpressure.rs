@@ -21,7 +21,11 @@ async fn a_stalled_subscriber_gets_every_event_later_and_slows_no_one() {
 
     // The slow subscriber: connected, then not read at all until every event is published
     // and the fast subscriber is done.
-    let slow = client().get(server.at("/sse?stream=flood")).send().await.unwrap();
+    let slow = client()
+        .get(server.at("/sse?stream=flood"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(slow.status(), 200);
 
     let mut fast = subscribe(&server, "stream=flood", None).await;
@@ -38,7 +42,9 @@ async fn a_stalled_subscriber_gets_every_event_later_and_slows_no_one() {
 
     let mut published = Vec::with_capacity(EVENTS);
     for start in (0..EVENTS).step_by(BATCH) {
-        let batch: Vec<(&str, String)> = (start..start + BATCH).map(|i| ("flood", format!("{i} {padding}"))).collect();
+        let batch: Vec<(&str, String)> = (start..start + BATCH)
+            .map(|i| ("flood", format!("{i} {padding}")))
+            .collect();
         published.extend(publish_batch(&server, &batch).await);
     }
     let fast_ids = tokio::time::timeout(Duration::from_secs(120), fast_reader)

@@ -24,7 +24,12 @@ async fn random_disconnects_lose_and_repeat_nothing_over_5000_events() {
             let batch: Vec<Value> = (n..n + size)
                 .map(|i| serde_json::json!({"stream": if i % 4 == 0 { "y" } else { "x" }, "data": format!("event {i}")}))
                 .collect();
-            let r = c.post(format!("{url}/publish")).json(&batch).send().await.unwrap();
+            let r = c
+                .post(format!("{url}/publish"))
+                .json(&batch)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 201);
             let body: Value = r.json().await.unwrap();
             ids.extend(body["ids"].as_array().unwrap().iter().map(id_of));
@@ -52,7 +57,10 @@ async fn random_disconnects_lose_and_repeat_nothing_over_5000_events() {
         reconnects += 1;
     }
     let published = publisher.await.unwrap();
-    assert!(reconnects > 10, "the test really disconnected ({reconnects} times)");
+    assert!(
+        reconnects > 10,
+        "the test really disconnected ({reconnects} times)"
+    );
     let got: Vec<u64> = received.iter().map(|(id, _)| *id).collect();
     assert_eq!(got, published, "every event once, in order");
     for (i, (_, data)) in received.iter().enumerate() {
@@ -72,6 +80,7 @@ async fn resumes_from_last_event_id_after_a_clean_restart() {
 
     let took = server.terminate();
     assert!(took < Duration::from_secs(10), "clean stop took {took:?}");
+    assert_eq!(server.exit_code_within(Duration::from_secs(1)), Some(0));
     server.restart();
     let more = publish_batch(&server, &batch[..10]).await;
     assert!(more[0] > first[99], "ids keep rising after a restart");
@@ -84,7 +93,11 @@ async fn resumes_from_last_event_id_after_a_clean_restart() {
 #[tokio::test]
 async fn shutdown_tells_subscribers_when_to_come_back_and_ends_their_response() {
     let mut server = Server::start(&["--shutdown-retry-window", "3"]);
-    let response = client().get(server.at("/sse?stream=s")).send().await.unwrap();
+    let response = client()
+        .get(server.at("/sse?stream=s"))
+        .send()
+        .await
+        .unwrap();
     let mut body = response.bytes_stream();
     let _opening = body.next().await;
     let pid = server.pid();
@@ -96,17 +109,31 @@ async fn shutdown_tells_subscribers_when_to_come_back_and_ends_their_response() 
         text
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
-    let text = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("response ended").unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let text = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("response ended")
+        .unwrap();
     let retry: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("retry: "))
         .expect("a retry line")
         .parse()
         .unwrap();
-    assert!((1000..4000).contains(&retry), "jittered retry within the window: {retry}");
-    let took = server.terminate();
-    assert!(took < Duration::from_secs(10));
+    assert!(
+        (1000..4000).contains(&retry),
+        "jittered retry within the window: {retry}"
+    );
+    let code = server.exit_code_within(Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(0),
+        "herald exits by itself, successfully, after one SIGTERM"
+    );
 }
 
 /// Publishes single events on `workers` connections until stopped; returns what was
@@ -127,7 +154,9 @@ async fn publish_until_killed(url: String, worker: usize) -> Vec<(u64, String, S
         if response.status() != 201 {
             break;
         }
-        let Ok(body) = response.json::<Value>().await else { break };
+        let Ok(body) = response.json::<Value>().await else {
+            break;
+        };
         acked.push((id_of(&body["id"]), stream, data));
     }
     acked
@@ -146,29 +175,55 @@ async fn kill_9_during_concurrent_publishing_loses_no_acknowledged_event() {
         let mut acked_this_round = 0;
         for worker in workers {
             for (id, stream, data) in worker.await.unwrap() {
-                assert!(all_acked.insert(id, (stream, data)).is_none(), "id {id} handed out twice");
+                assert!(
+                    all_acked.insert(id, (stream, data)).is_none(),
+                    "id {id} handed out twice"
+                );
                 acked_this_round += 1;
             }
         }
-        assert!(acked_this_round > 20, "round {round}: only {acked_this_round} publishes acknowledged");
+        assert!(
+            acked_this_round > 20,
+            "round {round}: only {acked_this_round} publishes acknowledged"
+        );
         eprintln!("round {round}: {acked_this_round} publishes acknowledged before kill -9");
 
         server.restart();
         // Every acknowledged event is there, byte for byte, in every round so far.
         let c = client();
         for (id, (stream, data)) in &all_acked {
-            let r = c.get(server.at(&format!("/streams/{stream}/events/{id}"))).send().await.unwrap();
-            assert_eq!(r.status(), 200, "acknowledged event {id} of {stream} lost after kill -9 (round {round})");
+            let r = c
+                .get(server.at(&format!("/streams/{stream}/events/{id}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                200,
+                "acknowledged event {id} of {stream} lost after kill -9 (round {round})"
+            );
             let event: Value = r.json().await.unwrap();
             assert_eq!(event["data"].as_str().unwrap(), data);
         }
         let max_acked = *all_acked.keys().last().unwrap();
         let next = publish(&server, "crash0", "after restart").await;
-        assert!(next > max_acked, "new id {next} must rise above {max_acked}");
+        assert!(
+            next > max_acked,
+            "new id {next} must rise above {max_acked}"
+        );
         all_acked.insert(next, ("crash0".into(), "after restart".into()));
     }
     // The counters agree with the events: lengths add up after three crashes.
     let (_, list) = get_json(&server, "/streams").await;
-    let total: u64 = list.as_array().unwrap().iter().map(|s| s["length"].as_u64().unwrap()).sum();
-    assert!(total >= all_acked.len() as u64, "{total} stored < {} acknowledged", all_acked.len());
+    let total: u64 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["length"].as_u64().unwrap())
+        .sum();
+    assert!(
+        total >= all_acked.len() as u64,
+        "{total} stored < {} acknowledged",
+        all_acked.len()
+    );
 }

@@ -9,7 +9,7 @@
 //! between groups, so it never races an append.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,10 +95,7 @@ impl Writer {
                         }
                     }
                     if size < MAX_GROUP_EVENTS {
-                        command = match self.commands.try_recv() {
-                            Ok(c) => Some(c),
-                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                        };
+                        command = self.commands.try_recv().ok();
                     }
                 }
                 self.commit(group, &mut last_time);

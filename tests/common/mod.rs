@@ -62,6 +62,18 @@ impl Server {
         started.elapsed()
     }
 
+    /// Waits for the process to exit by itself; its exit code if it did within `within`.
+    pub fn exit_code_within(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Starts the server again on the same data directory and flags (new port).
     pub fn restart(&mut self) {
         let (child, url) = spawn(&self.data, &self.args);

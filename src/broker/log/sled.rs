@@ -89,7 +89,7 @@ impl Log for SledLog {
             .checked_add(events.len() as u64 - 1)
             .ok_or(LogError::IdsExhausted)?;
         if last > st.ceiling {
-            let ceiling = last.checked_add(RESERVE).unwrap_or(u64::MAX);
+            let ceiling = last.saturating_add(RESERVE);
             self.db.insert(SEQ_KEY, &ceiling.to_be_bytes())?;
             self.db.flush()?;
             st.ceiling = ceiling;
