@@ -259,23 +259,11 @@ async fn history_and_stream_listing_follow_the_contract() {
     )
     .await;
     assert_eq!(status, 200);
-    let got: Vec<u64> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| id_of(&e["id"]))
-        .collect();
-    assert_eq!(got, ids_sent[1..3]);
+    assert_eq!(page_ids(&page), ids_sent[1..3]);
     assert_eq!(id_of(&page["next"]), ids_sent[2]);
 
     let (_, page) = get_json(&server, "/streams/h/events?last=2").await;
-    let got: Vec<u64> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| id_of(&e["id"]))
-        .collect();
-    assert_eq!(got, ids_sent[3..5]);
+    assert_eq!(page_ids(&page), ids_sent[3..5]);
 
     let (status, event) = get_json(&server, &format!("/streams/h/events/{}", ids_sent[1])).await;
     assert_eq!(status, 200);

@@ -216,3 +216,13 @@ pub async fn get_json(server: &Server, path: &str) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.expect("json body"))
 }
+
+/// The ids of a `GET /streams/{s}/events` page.
+pub fn page_ids(page: &Value) -> Vec<u64> {
+    page["events"]
+        .as_array()
+        .expect("events array")
+        .iter()
+        .map(|e| id_of(&e["id"]))
+        .collect()
+}
