@@ -4,7 +4,7 @@
 //! them. An event's SSE frame is encoded at most once, lazily, and then shared as `Bytes` by every
 //! subscriber that receives the same `Arc<Event>`: fan-out never re-encodes or copies data.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -222,9 +222,8 @@ impl Serialize for Event {
 /// frame, an id or a field.
 pub fn encode_frame(id: EventId, kind: Option<&EventType>, data: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(data.len() + 32 + kind.map_or(0, |k| k.0.len() + 8));
-    buf.put_slice(b"id: ");
-    buf.put_slice(id.0.to_string().as_bytes());
-    buf.put_u8(b'\n');
+    // Writing into BytesMut cannot fail; formatting the id in place saves an allocation.
+    let _ = writeln!(buf, "id: {}", id.0);
     if let Some(kind) = kind {
         buf.put_slice(b"event: ");
         buf.put_slice(kind.0.as_bytes());

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use warp::http::StatusCode;
@@ -161,17 +161,12 @@ where
     let mut body = std::pin::pin!(body);
     let mut collected = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk =
+        let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
         if collected.len() + chunk.remaining() > limit {
             return Err(too_large());
         }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            let n = part.len();
-            collected.extend_from_slice(part);
-            chunk.advance(n);
-        }
+        collected.put(chunk);
     }
     Ok(collected.freeze())
 }
