@@ -91,6 +91,18 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_SHUTDOWN_RETRY_WINDOW", default_value = "10", value_parser = parse_seconds)]
     pub shutdown_retry_window: Duration,
 
+    /// Seconds a presence client stays online after its last connection closed, so a page
+    /// reload is not a leave and a join (0: leave at once).
+    #[arg(long, env = "HERALD_PRESENCE_GRACE", default_value = "5", value_parser = parse_seconds_or_zero)]
+    pub presence_grace: Duration,
+
+    /// Drop a connection whose peer has acknowledged nothing for this many seconds (a vanished
+    /// client, a half-open connection; also a subscriber that stopped reading altogether). Sets
+    /// TCP_USER_TIMEOUT. Default: the heartbeat interval, so a vanished subscriber is noticed
+    /// within about two heartbeats. 0 leaves it to the operating system (many minutes).
+    #[arg(long, env = "HERALD_PEER_TIMEOUT", value_parser = parse_seconds_or_zero)]
+    pub peer_timeout: Option<Duration>,
+
     /// Allow listening on a non-loopback address although anyone who can reach it may publish.
     #[arg(long, env = "HERALD_ALLOW_PUBLIC_PUBLISH")]
     pub allow_public_publish: bool,
@@ -103,6 +115,8 @@ pub struct Config {
     pub broker: BrokerOptions,
     pub http: HttpOptions,
     pub allow_public_publish: bool,
+    /// TCP_USER_TIMEOUT for accepted connections; `None`: the system's.
+    pub peer_timeout: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -138,6 +152,7 @@ impl ServeArgs {
                 },
                 channel_capacity: self.channel_capacity.max(1),
                 trim_every: Duration::from_secs(1),
+                presence_grace: self.presence_grace,
             },
             http: HttpOptions {
                 max_data_bytes: self.max_data,
@@ -153,8 +168,20 @@ impl ServeArgs {
                 ..HttpOptions::default()
             },
             allow_public_publish: self.allow_public_publish,
+            peer_timeout: match self.peer_timeout {
+                None => Some(self.heartbeat),
+                Some(t) if t.is_zero() => None,
+                Some(t) => Some(t),
+            },
         })
     }
+}
+
+fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
+    if text.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(text)
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -55,6 +55,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         addr: config.listen,
         source,
     })?;
+    set_peer_timeout(&listener, config.peer_timeout);
     let mut signals = Signals::listen();
     let (api, shutdown) = Api::new(broker.clone(), config.http.clone());
     let (stop_accepting, stopped) = oneshot::channel::<()>();
@@ -86,6 +87,19 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     second.abort();
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// Sets TCP_USER_TIMEOUT on the listening socket; Linux hands it down to every accepted
+/// connection. A subscriber whose machine vanished (no FIN, no RST) otherwise keeps its
+/// connection — and its presence — for as long as the kernel retransmits: many minutes. With
+/// it, the heartbeat that goes unacknowledged ends the connection one timeout later.
+fn set_peer_timeout(listener: &TcpListener, timeout: Option<std::time::Duration>) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Err(e) = socket2::SockRef::from(listener).set_tcp_user_timeout(timeout) {
+        tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT; vanished peers are noticed late");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
+    let _ = (listener, timeout);
 }
 
 /// SIGTERM and SIGINT, listened to from start-up on. One listener serves both waits: a listener

@@ -23,7 +23,19 @@ pub fn topic(mut streams: Vec<StreamName>) -> Topic {
     streams.into()
 }
 
-type Sender = broadcast::Sender<Arc<Event>>;
+/// What travels on a live channel: events, and the end of a stream, in the order they happened.
+#[derive(Debug, Clone)]
+pub enum Live {
+    Event(Arc<Event>),
+    /// The stream was sealed (`deleted: false`) or deleted. `epoch` counts the stream's deletes.
+    Closed {
+        stream: StreamName,
+        deleted: bool,
+        epoch: u64,
+    },
+}
+
+type Sender = broadcast::Sender<Live>;
 
 pub struct Fanout {
     capacity: usize,
@@ -89,10 +101,23 @@ impl Fanout {
     /// Sends an event to every topic of its stream. Never blocks: a receiver that falls more than
     /// the channel capacity behind is told it lagged and catches up from the log.
     pub fn send(&self, event: &Arc<Event>) {
-        if let Some(routes) = self.routes.get(&event.stream) {
+        self.send_to(&event.stream, || Live::Event(event.clone()));
+    }
+
+    /// Tells every topic of `stream` that it was sealed or deleted.
+    pub fn send_closed(&self, stream: &StreamName, deleted: bool, epoch: u64) {
+        self.send_to(stream, || Live::Closed {
+            stream: stream.clone(),
+            deleted,
+            epoch,
+        });
+    }
+
+    fn send_to(&self, stream: &StreamName, item: impl Fn() -> Live) {
+        if let Some(routes) = self.routes.get(stream) {
             for (_, sender) in routes.iter() {
                 // An error only means every receiver left since; `leave` will drop the channel.
-                let _ = sender.send(event.clone());
+                let _ = sender.send(item());
             }
         }
     }
@@ -120,11 +145,11 @@ impl Fanout {
 pub struct Membership {
     fanout: Arc<Fanout>,
     topic: Topic,
-    receiver: Option<broadcast::Receiver<Arc<Event>>>,
+    receiver: Option<broadcast::Receiver<Live>>,
 }
 
 impl Membership {
-    pub fn receiver(&mut self) -> &mut broadcast::Receiver<Arc<Event>> {
+    pub fn receiver(&mut self) -> &mut broadcast::Receiver<Live> {
         // Only `drop` takes the receiver out.
         self.receiver
             .as_mut()
@@ -169,11 +194,21 @@ mod tests {
         for (id, s) in [(1, "b"), (2, "a"), (3, "c"), (4, "b")] {
             fanout.send(&event(id, s));
         }
+        let id = |live: Live| match live {
+            Live::Event(e) => e.id.0,
+            other => panic!("not an event: {other:?}"),
+        };
         let got: Vec<u64> = (0..3)
-            .map(|_| ab.receiver().try_recv().unwrap().id.0)
+            .map(|_| id(ab.receiver().try_recv().unwrap()))
             .collect();
         assert_eq!(got, [1, 2, 4]);
-        assert_eq!(a.receiver().try_recv().unwrap().id.0, 2);
+        assert_eq!(id(a.receiver().try_recv().unwrap()), 2);
+        fanout.send_closed(&name("b"), false, 0);
+        assert!(matches!(
+            ab.receiver().try_recv().unwrap(),
+            Live::Closed { deleted: false, .. }
+        ));
+        assert!(a.receiver().try_recv().is_err());
         drop((ab, ab2, a));
         assert_eq!(fanout.channels(), 0);
         assert!(fanout.streams().is_empty());

@@ -7,6 +7,7 @@
 pub mod event;
 pub mod fanout;
 pub mod log;
+pub mod presence;
 pub mod subscription;
 mod writer;
 
@@ -15,15 +16,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use self::event::{Event, EventId, NewEvent, StreamName};
 use self::fanout::{topic, Fanout};
-use self::log::{Log, LogError, MemoryLog, Retention, SledLog, StreamStats};
-pub use self::subscription::{Delivery, Gap, StartAt, Subscription};
+use self::log::{Log, LogError, MemoryLog, Retention, SledLog, StreamSettings, StreamStats};
+use self::presence::Presence;
+pub use self::subscription::{Closed, Delivery, Gap, StartAt, Subscription};
 pub use self::writer::Durability;
-use self::writer::{Command, Writer};
+use self::writer::{Change, Command, Writer};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -33,6 +36,8 @@ pub enum BrokerError {
     StoreFailed,
     #[error("herald is shutting down")]
     ShuttingDown,
+    #[error("stream {0} is closed and takes no more events")]
+    Sealed(StreamName),
 }
 
 impl From<LogError> for BrokerError {
@@ -59,6 +64,8 @@ pub struct BrokerOptions {
     pub channel_capacity: usize,
     /// How often retention is checked.
     pub trim_every: Duration,
+    /// How long a presence client stays a member after its last connection went.
+    pub presence_grace: Duration,
 }
 
 impl Default for BrokerOptions {
@@ -72,6 +79,7 @@ impl Default for BrokerOptions {
             },
             channel_capacity: 256,
             trim_every: Duration::from_secs(1),
+            presence_grace: Duration::from_secs(5),
         }
     }
 }
@@ -86,6 +94,20 @@ pub struct StreamInfo {
     #[serde(serialize_with = "opt_id")]
     pub last_id: Option<EventId>,
     pub subscribers: usize,
+    /// Presence members (clients), see [`Presence`].
+    pub online: usize,
+    /// Closed for good: no more events, subscribers are let go.
+    pub sealed: bool,
+}
+
+/// A stream's retention: its own overrides and what applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionInfo {
+    pub stream: StreamName,
+    /// The stream's own settings (`None`: the server's applies; `Some(0)`: unlimited).
+    pub own: StreamSettings,
+    /// What is applied to it now.
+    pub effective: Retention,
 }
 
 fn opt_id<S: serde::Serializer>(id: &Option<EventId>, s: S) -> Result<S::Ok, S::Error> {
@@ -101,6 +123,15 @@ pub(crate) struct Shared {
     pub fanout: Arc<Fanout>,
     pub visible: Arc<AtomicU64>,
     pub failed: Arc<AtomicBool>,
+    /// How often each stream was deleted since start-up; subscriptions notice a delete they
+    /// missed on their live channel by comparing.
+    pub deletions: Arc<DashMap<StreamName, u64>>,
+}
+
+impl Shared {
+    pub fn deletions(&self, stream: &StreamName) -> u64 {
+        self.deletions.get(stream).map_or(0, |e| *e)
+    }
 }
 
 /// A handle to the broker; cheap to clone, all clones share one broker.
@@ -109,6 +140,8 @@ pub struct Broker {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    presence: Arc<Presence>,
+    retention: Retention,
 }
 
 impl Broker {
@@ -129,6 +162,7 @@ impl Broker {
             visible: Arc::new(AtomicU64::new(log.last_id().0)),
             fanout: Arc::new(Fanout::new(options.channel_capacity)),
             failed: Arc::new(AtomicBool::new(false)),
+            deletions: Arc::new(DashMap::new()),
             log,
         });
         let (commands, receiver) = mpsc::channel();
@@ -141,6 +175,7 @@ impl Broker {
             retention: options.retention,
             trim_every: options.trim_every,
             commands: receiver,
+            deletions: shared.deletions.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())
@@ -150,6 +185,8 @@ impl Broker {
             shared,
             commands,
             writer: Arc::new(Mutex::new(Some(handle))),
+            presence: Arc::new(Presence::new(options.presence_grace)),
+            retention: options.retention,
         })
     }
 
@@ -169,6 +206,73 @@ impl Broker {
             .send(Command::Publish { events, reply })
             .map_err(|_| BrokerError::ShuttingDown)?;
         answer.await.map_err(|_| BrokerError::ShuttingDown)?
+    }
+
+    /// Seals a stream: later publishes are refused with [`BrokerError::Sealed`], and every
+    /// subscriber gets [`Delivery::Closed`] after the stream's last event. Durable; idempotent.
+    pub async fn seal(&self, stream: &StreamName) -> Result<(), BrokerError> {
+        self.change(stream, Change::Seal).await.map(drop)
+    }
+
+    /// Deletes a stream's events and settings; its subscribers get [`Delivery::Closed`]. The
+    /// name can be published to again.
+    pub async fn delete(&self, stream: &StreamName) -> Result<(), BrokerError> {
+        self.change(stream, Change::Delete).await.map(drop)
+    }
+
+    /// Sets a stream's own retention (`None`: the server's; `Some(0)`: unlimited), kept across
+    /// restarts. Trimming follows within the trim interval.
+    pub async fn set_retention(
+        &self,
+        stream: &StreamName,
+        max_len: Option<u64>,
+        max_age_ms: Option<u64>,
+    ) -> Result<RetentionInfo, BrokerError> {
+        let change = Change::Retention {
+            max_len,
+            max_age_ms,
+        };
+        let own = self.change(stream, change).await?;
+        Ok(self.retention_of(stream.clone(), own))
+    }
+
+    /// A stream's retention settings and what they come to.
+    pub fn retention(&self, stream: &StreamName) -> RetentionInfo {
+        self.retention_of(stream.clone(), self.shared.log.settings(stream))
+    }
+
+    fn retention_of(&self, stream: StreamName, own: StreamSettings) -> RetentionInfo {
+        RetentionInfo {
+            stream,
+            effective: self.retention.with(&own),
+            own,
+        }
+    }
+
+    /// Whether a stream is sealed.
+    pub fn is_sealed(&self, stream: &StreamName) -> bool {
+        self.shared.log.settings(stream).sealed
+    }
+
+    async fn change(
+        &self,
+        stream: &StreamName,
+        change: Change,
+    ) -> Result<StreamSettings, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Change {
+                stream: stream.clone(),
+                change,
+                reply,
+            })
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        answer.await.map_err(|_| BrokerError::ShuttingDown)?
+    }
+
+    /// Who is online in each stream.
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
     }
 
     /// Subscribes to one or more streams from `start`. Streams need not exist yet.
@@ -236,15 +340,20 @@ impl Broker {
         self.info(stream.clone(), stats)
     }
 
-    /// Every stream that holds or held events or has live subscribers, by name.
+    /// Every stream that holds or held events, has settings or has live subscribers, by name.
     pub fn streams(&self) -> Vec<StreamInfo> {
-        let mut all = self.shared.log.all_stats();
-        for stream in self.shared.fanout.streams() {
-            if self.shared.log.stats(&stream).is_none() {
-                all.push((stream, StreamStats::default()));
-            }
+        let mut all: std::collections::BTreeMap<StreamName, StreamStats> =
+            self.shared.log.all_stats().into_iter().collect();
+        let others = self
+            .shared
+            .log
+            .all_settings()
+            .into_iter()
+            .map(|(name, _)| name)
+            .chain(self.shared.fanout.streams());
+        for stream in others {
+            all.entry(stream).or_default();
         }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
         all.into_iter()
             .map(|(name, stats)| self.info(name, stats))
             .collect()
@@ -253,6 +362,8 @@ impl Broker {
     fn info(&self, name: StreamName, stats: StreamStats) -> StreamInfo {
         StreamInfo {
             subscribers: self.shared.fanout.subscribers(&name),
+            online: self.presence.online(&name),
+            sealed: self.shared.log.settings(&name).sealed,
             length: stats.length,
             first_id: (stats.length > 0).then_some(stats.first_id),
             last_id: (stats.last_id > EventId::ZERO).then_some(stats.last_id),

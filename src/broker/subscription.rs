@@ -12,6 +12,12 @@
 //! A receiver that lags behind its channel's capacity goes back to step 3 from its cursor, so a
 //! slow subscriber costs a bounded channel slot, never a queue of its own, and never slows the
 //! writer. The cursor only moves forward, so nothing is delivered twice.
+//!
+//! A stream's end — sealed or deleted — reaches a subscriber as [`Delivery::Closed`], in order
+//! after the stream's last event (it travels the same channel). Whenever a subscription goes
+//! live (at the start, and after each catch-up), it also compares the streams' state with what
+//! it has told, so an end that happened while it was reading the log is told too. Once every
+//! stream it reads is sealed and told, the subscription ends.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -22,7 +28,7 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::event::{Event, EventId, StreamName};
-use super::fanout::{Membership, Topic};
+use super::fanout::{Live, Membership, Topic};
 use super::log::Log;
 use super::{BrokerError, Shared};
 
@@ -44,6 +50,15 @@ pub enum Delivery {
     Event(Arc<Event>),
     /// Events the subscriber asked for were removed by retention before it could read them.
     Gap(Gap),
+    /// The stream was sealed or deleted.
+    Closed(Closed),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub stream: StreamName,
+    /// Deleted (its history is gone, and the name may live again), rather than sealed.
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,6 +93,12 @@ pub struct Subscription {
     /// Where the cursor stands once `pending` is drained (the end of the page read).
     pending_bound: EventId,
     gap_told: Vec<bool>,
+    /// Per stream: its seal was told.
+    sealed_told: Vec<bool>,
+    /// Per stream: the deletes known of (see `Shared::deletions`).
+    deletions: Vec<u64>,
+    /// Compare the streams' state with what was told before going live.
+    check_lifecycle: bool,
     lag_recoveries: u64,
 }
 
@@ -93,6 +114,9 @@ impl Subscription {
         };
         Subscription {
             gap_told: vec![false; streams.len()],
+            sealed_told: vec![false; streams.len()],
+            deletions: streams.iter().map(|s| shared.deletions(s)).collect(),
+            check_lifecycle: true,
             shared,
             streams,
             membership,
@@ -114,13 +138,26 @@ impl Subscription {
         self.cursor
     }
 
+    /// True when there is nothing to wait for: every stream is sealed and no retained event is
+    /// past the cursor. (An HTTP subscribe answers `204 No Content` then.)
+    pub fn is_finished(&self) -> bool {
+        self.streams.iter().all(|stream| {
+            let log = &self.shared.log;
+            let unread = log
+                .stats(stream)
+                .is_some_and(|s| s.length > 0 && s.last_id > self.cursor);
+            log.settings(stream).sealed && !unread
+        })
+    }
+
     /// How often this subscriber fell behind its live channel and was caught up from the log.
     pub fn lag_recoveries(&self) -> u64 {
         self.lag_recoveries
     }
 
-    /// The next delivery. `None` when the broker is gone. Cancel-safe: dropping the future
-    /// loses nothing, the next call resumes where this one was.
+    /// The next delivery. `None` when every stream it reads is sealed (and that was told), or
+    /// the broker is gone. Cancel-safe: dropping the future loses nothing, the next call resumes
+    /// where this one was.
     pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
         loop {
             if let Some(delivery) = self.pending.pop_front() {
@@ -134,6 +171,7 @@ impl Subscription {
                 let upto = EventId(self.shared.visible.load(Ordering::Acquire));
                 if self.cursor >= upto {
                     self.catching_up = false;
+                    self.check_lifecycle = true;
                     continue;
                 }
                 self.note_gaps();
@@ -156,13 +194,27 @@ impl Subscription {
                     Ok(Err(e)) => return Some(Err(e.into())),
                     Err(e) => return Some(Err(BrokerError::Store(e.to_string()))),
                 }
+            } else if self.check_lifecycle {
+                self.check_lifecycle = false;
+                self.note_lifecycle();
+            } else if self.sealed_told.iter().all(|told| *told) {
+                return None;
             } else {
                 match self.membership.receiver().recv().await {
-                    Ok(event) if event.id > self.cursor => {
+                    Ok(Live::Event(event)) if event.id > self.cursor => {
                         self.cursor = event.id;
                         return Some(Ok(Delivery::Event(event)));
                     }
-                    Ok(_) => {}
+                    Ok(Live::Event(_)) => {}
+                    Ok(Live::Closed {
+                        stream,
+                        deleted,
+                        epoch,
+                    }) => {
+                        if let Ok(i) = self.streams.binary_search(&stream) {
+                            self.closed(i, deleted, epoch);
+                        }
+                    }
                     Err(RecvError::Lagged(_)) => {
                         self.lag_recoveries += 1;
                         self.catching_up = true;
@@ -170,6 +222,39 @@ impl Subscription {
                     Err(RecvError::Closed) => return None,
                 }
             }
+        }
+    }
+
+    /// Queues what changed since it was last told: deletes, and seals.
+    fn note_lifecycle(&mut self) {
+        for i in 0..self.streams.len() {
+            let stream = &self.streams[i];
+            let epoch = self.shared.deletions(stream);
+            let sealed = self.shared.log.settings(stream).sealed;
+            self.closed(i, true, epoch);
+            if sealed {
+                self.closed(i, false, epoch);
+            }
+        }
+    }
+
+    /// Queues a `Closed` for stream `i` unless it was told already.
+    fn closed(&mut self, i: usize, deleted: bool, epoch: u64) {
+        let new = if deleted {
+            let new = epoch > self.deletions[i];
+            if new {
+                self.deletions[i] = epoch;
+                self.sealed_told[i] = false; // the stream may be sealed again in its next life
+            }
+            new
+        } else {
+            !std::mem::replace(&mut self.sealed_told[i], true)
+        };
+        if new {
+            self.pending.push_back(Delivery::Closed(Closed {
+                stream: self.streams[i].clone(),
+                deleted,
+            }));
         }
     }
 

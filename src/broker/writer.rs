@@ -5,9 +5,13 @@
 //! the visible watermark, sends each event to the live channels in id order, and answers every
 //! publisher. While it fsyncs, the next group queues up, so durable publishing costs one fsync
 //! per group, not per request. Because one thread does all of this, publish order, id order and
-//! live delivery order are the same thing. Retention trimming runs here too, in bounded steps
-//! between groups, so it never races an append.
+//! live delivery order are the same thing. Sealing and deleting a stream go through the same
+//! queue, so they fall at an exact point of that order: every publish queued before a seal is
+//! delivered before subscribers are told, every publish after it is refused. Retention trimming
+//! and the purge of deleted streams run here too, in bounded steps between groups, so they never
+//! race an append.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -15,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::event::{now_millis, Event, NewEvent};
+use dashmap::DashMap;
+
+use super::event::{now_millis, Event, NewEvent, StreamName};
 use super::fanout::Fanout;
-use super::log::{Log, Retention};
+use super::log::{Log, Retention, StreamSettings};
 use super::BrokerError;
 
 /// How many events one group may hold before it is committed (a single larger batch request is
@@ -33,8 +39,28 @@ pub(crate) enum Command {
         events: Vec<NewEvent>,
         reply: PublishReply,
     },
+    /// Change a stream's settings or delete it, durably, at this point of the publish order.
+    Change {
+        stream: StreamName,
+        change: Change,
+        reply: oneshot::Sender<Result<StreamSettings, BrokerError>>,
+    },
     /// Flush, record a clean stop, and end the thread.
     Close { reply: oneshot::Sender<()> },
+}
+
+/// What can be done to a stream besides publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Close for good: refuse later publishes, tell subscribers, let them go.
+    Seal,
+    /// Replace the stream's own retention (`None`: follow the server's; `Some(0)`: unlimited).
+    Retention {
+        max_len: Option<u64>,
+        max_age_ms: Option<u64>,
+    },
+    /// Remove its events and settings; tell subscribers.
+    Delete,
 }
 
 /// When an acknowledged event is on disk.
@@ -59,10 +85,15 @@ pub(crate) struct Writer {
     pub retention: Retention,
     pub trim_every: Duration,
     pub commands: Receiver<Command>,
+    /// How many times each stream was deleted since start-up (subscriptions compare).
+    pub deletions: Arc<DashMap<StreamName, u64>>,
 }
 
 impl Writer {
     pub fn run(self) {
+        // The writer is the only one to change settings, so its copy is always current.
+        let mut settings: HashMap<StreamName, StreamSettings> =
+            self.log.all_settings().into_iter().collect();
         let mut last_time = 0u64;
         let mut next_trim = Instant::now() + self.trim_every;
         let mut trimming = false;
@@ -87,8 +118,21 @@ impl Writer {
                             size += events.len();
                             group.push((events, reply));
                         }
+                        Command::Change {
+                            stream,
+                            change,
+                            reply,
+                        } => {
+                            self.commit(std::mem::take(&mut group), &settings, &mut last_time);
+                            let result = self.change(&mut settings, &stream, change);
+                            if matches!(change, Change::Retention { .. }) {
+                                next_trim = Instant::now();
+                            }
+                            let _ = reply.send(result);
+                            break;
+                        }
                         Command::Close { reply } => {
-                            self.commit(group, &mut last_time);
+                            self.commit(group, &settings, &mut last_time);
                             self.close();
                             let _ = reply.send(());
                             return;
@@ -98,10 +142,10 @@ impl Writer {
                         command = self.commands.try_recv().ok();
                     }
                 }
-                self.commit(group, &mut last_time);
+                self.commit(group, &settings, &mut last_time);
             }
             if trimming || Instant::now() >= next_trim {
-                trimming = self.trim_step();
+                trimming = self.trim_step(&settings);
                 if !trimming {
                     next_trim = Instant::now() + self.trim_every;
                 }
@@ -110,7 +154,29 @@ impl Writer {
         self.close();
     }
 
-    fn commit(&self, group: Vec<(Vec<NewEvent>, PublishReply)>, last_time: &mut u64) {
+    fn commit(
+        &self,
+        group: Vec<(Vec<NewEvent>, PublishReply)>,
+        settings: &HashMap<StreamName, StreamSettings>,
+        last_time: &mut u64,
+    ) {
+        // A request that touches a sealed stream is refused whole; the rest of the group goes on.
+        let sealed = |events: &[NewEvent]| {
+            events
+                .iter()
+                .find(|e| settings.get(&e.stream).is_some_and(|s| s.sealed))
+                .map(|e| e.stream.clone())
+        };
+        let group: Vec<_> = group
+            .into_iter()
+            .filter_map(|(events, reply)| match sealed(&events) {
+                Some(stream) => {
+                    let _ = reply.send(Err(BrokerError::Sealed(stream)));
+                    None
+                }
+                None => Some((events, reply)),
+            })
+            .collect();
         if group.is_empty() {
             return;
         }
@@ -163,18 +229,94 @@ impl Writer {
         }
     }
 
-    /// Trims streams over their limits, at most one budget per stream; true if more remains.
-    fn trim_step(&self) -> bool {
-        if self.retention == Retention::default() {
-            return false;
+    /// Applies a change, makes it durable, then tells the live channels.
+    fn change(
+        &self,
+        settings: &mut HashMap<StreamName, StreamSettings>,
+        stream: &StreamName,
+        change: Change,
+    ) -> Result<StreamSettings, BrokerError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(BrokerError::StoreFailed);
+        }
+        let mut new = settings.get(stream).copied().unwrap_or_default();
+        match change {
+            Change::Seal => new.sealed = true,
+            Change::Retention {
+                max_len,
+                max_age_ms,
+            } => {
+                new.max_len = max_len;
+                new.max_age_ms = max_age_ms;
+            }
+            Change::Delete => new = StreamSettings::default(),
+        }
+        let durable = match change {
+            Change::Delete => self.log.delete(stream),
+            _ => self.log.put_settings(stream, new),
+        }
+        .and_then(|()| {
+            self.log.sync().inspect_err(|_| {
+                self.failed.store(true, Ordering::Release);
+            })
+        });
+        if let Err(e) = durable {
+            tracing::error!(%stream, error = %e, "changing the stream failed");
+            return Err(e.into());
+        }
+        if new.is_default() {
+            settings.remove(stream);
+        } else {
+            settings.insert(stream.clone(), new);
+        }
+        match change {
+            Change::Seal => {
+                let epoch = self.deletions.get(stream).map_or(0, |e| *e);
+                self.fanout.send_closed(stream, false, epoch);
+                tracing::info!(%stream, "stream sealed");
+            }
+            Change::Delete => {
+                let epoch = {
+                    let mut epoch = self.deletions.entry(stream.clone()).or_insert(0);
+                    *epoch += 1;
+                    *epoch
+                };
+                self.fanout.send_closed(stream, true, epoch);
+                tracing::info!(%stream, "stream deleted");
+            }
+            Change::Retention { .. } => {
+                tracing::info!(%stream, max_len = ?new.max_len, max_age_ms = ?new.max_age_ms, "stream retention set");
+            }
+        }
+        Ok(new)
+    }
+
+    /// Trims streams over their limits and purges deleted ones, at most one budget per stream;
+    /// true if more remains.
+    fn trim_step(&self, settings: &HashMap<StreamName, StreamSettings>) -> bool {
+        let mut more = match self.log.purge(TRIM_BUDGET) {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::error!(error = %e, "purging deleted streams failed");
+                false
+            }
+        };
+        let overridden = settings
+            .values()
+            .any(|s| s.max_len.is_some() || s.max_age_ms.is_some());
+        if self.retention.is_unlimited() && !overridden {
+            return more;
         }
         let now = now_millis();
-        let mut more = false;
         for (stream, stats) in self.log.all_stats() {
-            if !self.retention.wants_trim(&stats, now) {
+            let retention = match settings.get(&stream) {
+                Some(own) => self.retention.with(own),
+                None => self.retention,
+            };
+            if !retention.wants_trim(&stats, now) {
                 continue;
             }
-            match self.log.trim(&stream, &self.retention, now, TRIM_BUDGET) {
+            match self.log.trim(&stream, &retention, now, TRIM_BUDGET) {
                 Ok(outcome) => {
                     more |= outcome.more;
                     tracing::debug!(%stream, removed = outcome.removed, "trimmed");

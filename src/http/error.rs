@@ -44,6 +44,7 @@ impl From<BrokerError> for ApiError {
         let status = match e {
             BrokerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             BrokerError::StoreFailed | BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::Sealed(_) => StatusCode::CONFLICT,
         };
         ApiError::new(status, e.to_string())
     }

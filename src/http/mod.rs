@@ -5,6 +5,7 @@
 
 pub mod error;
 mod history;
+mod lifecycle;
 mod publish;
 mod sse;
 
@@ -113,7 +114,9 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = Infallible
     publish::routes(api.clone())
         .or(sse::routes(api.clone()))
         .unify()
-        .or(history::routes(api))
+        .or(history::routes(api.clone()))
+        .unify()
+        .or(lifecycle::routes(api))
         .unify()
         .or(health)
         .unify()

@@ -4,6 +4,12 @@
 //! stops reading applies real TCP backpressure: its subscription simply stops pulling, falls
 //! behind its live channel, and is later caught up from the log. Frames are the events'
 //! pre-encoded `Bytes`, shared with every other subscriber.
+//!
+//! `client=ID` makes the connection a presence member of its streams for as long as the body
+//! lives (hyper drops the body as soon as the peer closes, so a closed tab is noticed at once);
+//! `presence=1` adds the streams' join and leave frames. A subscription whose streams are all
+//! sealed ends the response; one that could only ever wait on sealed streams is answered
+//! `204 No Content`, which tells `EventSource` to stop reconnecting.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +24,8 @@ use warp::Filter;
 use super::error::{respond, ApiError};
 use super::{query_pairs, raw_query, with_api, Api, HeartbeatStyle};
 use crate::broker::event::{EventId, StreamName};
-use crate::broker::{Delivery, Gap, StartAt, Subscription};
+use crate::broker::presence::{ChangeKind, ClientId, PresenceChange, PresenceGuard, PresenceWatch};
+use crate::broker::{Closed, Delivery, Gap, StartAt, Subscription};
 
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("sse")
@@ -37,6 +44,16 @@ struct SseRequest {
     streams: Vec<StreamName>,
     start: StartAt,
     envelope: bool,
+    client: Option<ClientId>,
+    presence: bool,
+}
+
+fn flag(key: &str, value: &str) -> Result<bool, ApiError> {
+    match value {
+        "1" | "true" | "" => Ok(true),
+        "0" | "false" => Ok(false),
+        _ => Err(ApiError::bad_request(format!("{key} must be 1 or 0"))),
+    }
 }
 
 fn parse_request(
@@ -47,6 +64,8 @@ fn parse_request(
     let mut streams = Vec::new();
     let mut last_id = None;
     let mut envelope = false;
+    let mut client = None;
+    let mut presence = false;
     for (key, value) in query_pairs(query) {
         match key.as_str() {
             "stream" => streams.push(StreamName::new(&value)?),
@@ -57,13 +76,9 @@ fn parse_request(
                     ))
                 })?)
             }
-            "envelope" => {
-                envelope = match value.as_str() {
-                    "1" | "true" | "" => true,
-                    "0" | "false" => false,
-                    _ => return Err(ApiError::bad_request("envelope must be 1 or 0")),
-                }
-            }
+            "envelope" => envelope = flag("envelope", &value)?,
+            "presence" => presence = flag("presence", &value)?,
+            "client" => client = Some(ClientId::new(&value)?),
             // Other parameters (cache busters, tokens handled elsewhere) are ignored.
             _ => {}
         }
@@ -93,6 +108,8 @@ fn parse_request(
         streams,
         start: last_id.map_or(StartAt::Live, StartAt::After),
         envelope,
+        client,
+        presence,
     })
 }
 
@@ -103,7 +120,22 @@ fn subscribe(api: Api, query: &str, last_event_id: Option<&str>) -> Result<Respo
         api.options.max_streams_per_subscription,
     )?;
     let subscription = api.broker.subscribe(request.streams, request.start);
-    let body = SseBody::new(&api, subscription, request.envelope).into_stream();
+    if subscription.is_finished() {
+        // Only sealed streams, nothing left to send: the one answer that makes EventSource stop.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let presence = api.broker.presence();
+    // Watch before joining, so a watcher sees its own join.
+    let watch = request
+        .presence
+        .then(|| presence.watch(subscription.streams()));
+    let member = request
+        .client
+        .map(|client| presence.connect(subscription.streams(), client));
+    let mut body = SseBody::new(&api, subscription, request.envelope);
+    body.watch = watch;
+    body.member = member;
+    let body = body.into_stream();
     let mut response = warp::reply::stream(body).into_response();
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
@@ -168,6 +200,10 @@ struct SseBody {
     shutdown: watch::Receiver<bool>,
     shutdown_retry_window: Duration,
     ended: bool,
+    /// Join and leave frames, with `presence=1`.
+    watch: Option<PresenceWatch>,
+    /// Presence membership, with `client=`; dropped with the body.
+    member: Option<PresenceGuard>,
 }
 
 impl SseBody {
@@ -186,6 +222,8 @@ impl SseBody {
             shutdown: api.shutdown.clone(),
             shutdown_retry_window: api.options.shutdown_retry_window,
             ended: false,
+            watch: None,
+            member: None,
         }
     }
 
@@ -204,6 +242,7 @@ impl SseBody {
                 self.ended = true;
                 Some(come_back_later(retry_window))
             }
+            change = next_change(&mut self.watch) => Some(presence_frame(&change)),
             next = tokio::time::timeout(self.heartbeat, self.subscription.next()) => match next {
                 Err(_idle) => Some(self.heartbeat_frame.clone()),
                 Ok(None) => None,
@@ -217,6 +256,7 @@ impl SseBody {
                     Some(if self.envelope { event.sse_envelope_frame() } else { event.sse_frame() })
                 }
                 Ok(Some(Ok(Delivery::Gap(gap)))) => Some(gap_frame(&gap)),
+                Ok(Some(Ok(Delivery::Closed(closed)))) => Some(close_frame(&closed)),
             }
         }
     }
@@ -228,6 +268,32 @@ impl SseBody {
             body.next_frame().await.map(|frame| (Ok(frame), body))
         })
     }
+}
+
+/// The next join or leave; never, without `presence=1`.
+async fn next_change(watch: &mut Option<PresenceWatch>) -> PresenceChange {
+    match watch {
+        Some(watch) => match watch.next().await {
+            Some(change) => change,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// `event: join` / `event: leave`, no id: live only, never in history.
+fn presence_frame(change: &PresenceChange) -> Bytes {
+    let kind = match change.kind {
+        ChangeKind::Join => "join",
+        ChangeKind::Leave => "leave",
+    };
+    let json = serde_json::to_string(change).unwrap_or_default();
+    Bytes::from(format!("event: {kind}\ndata: {json}\n\n"))
+}
+
+/// `event: close`, data the stream's name (a stream name never holds a newline), no id.
+fn close_frame(closed: &Closed) -> Bytes {
+    Bytes::from(format!("event: close\ndata: {}\n\n", closed.stream))
 }
 
 /// On shutdown: a reconnection delay spread over the window, so a restart is not met by every

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{Log, LogError, Retention, StreamStats, TrimOutcome};
+use super::{Log, LogError, Retention, StreamSettings, StreamStats, TrimOutcome};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 #[derive(Default)]
@@ -16,6 +16,7 @@ pub struct MemoryLog {
 struct Inner {
     last: u64,
     streams: HashMap<StreamName, Stream>,
+    settings: HashMap<StreamName, StreamSettings>,
 }
 
 #[derive(Default)]
@@ -168,6 +169,48 @@ impl Log for MemoryLog {
             .first_key_value()
             .map_or((EventId(0), 0), |(id, r)| (EventId(*id), r.time));
         Ok(outcome)
+    }
+
+    fn put_settings(&self, stream: &StreamName, settings: StreamSettings) -> Result<(), LogError> {
+        let mut inner = self.write_lock();
+        if settings.is_default() {
+            inner.settings.remove(stream);
+        } else {
+            inner.settings.insert(stream.clone(), settings);
+        }
+        Ok(())
+    }
+
+    fn settings(&self, stream: &StreamName) -> StreamSettings {
+        self.read_lock()
+            .settings
+            .get(stream)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn all_settings(&self) -> Vec<(StreamName, StreamSettings)> {
+        let mut all: Vec<_> = self
+            .read_lock()
+            .settings
+            .iter()
+            .map(|(name, settings)| (name.clone(), *settings))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    fn delete(&self, stream: &StreamName) -> Result<(), LogError> {
+        let mut inner = self.write_lock();
+        inner.settings.remove(stream);
+        let old = inner.streams.remove(stream);
+        drop(inner);
+        drop(old); // freed outside the lock; nothing is left for `purge`
+        Ok(())
+    }
+
+    fn purge(&self, _budget: usize) -> Result<bool, LogError> {
+        Ok(false)
     }
 
     fn stats(&self, stream: &StreamName) -> Option<StreamStats> {

@@ -96,6 +96,43 @@ impl TrimPlan {
     }
 }
 
+impl Retention {
+    /// This retention with a stream's own overrides applied.
+    pub fn with(&self, settings: &StreamSettings) -> Retention {
+        let pick = |own: Option<u64>, default: Option<u64>| match own {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
+        };
+        Retention {
+            max_len: pick(settings.max_len, self.max_len),
+            max_age_ms: pick(settings.max_age_ms, self.max_age_ms),
+        }
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.max_len.is_none() && self.max_age_ms.is_none()
+    }
+}
+
+/// What a stream keeps about itself besides its events; survives restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Closed for good: publishing is refused, subscribers are told and let go.
+    pub sealed: bool,
+    /// The stream's own length limit: `None` follows the server's, `Some(0)` means unlimited.
+    pub max_len: Option<u64>,
+    /// The stream's own age limit in milliseconds: `None` follows the server's, `Some(0)` means
+    /// unlimited.
+    pub max_age_ms: Option<u64>,
+}
+
+impl StreamSettings {
+    pub fn is_default(&self) -> bool {
+        *self == StreamSettings::default()
+    }
+}
+
 /// What one call to [`Log::trim`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrimOutcome {
@@ -141,6 +178,24 @@ pub trait Log: Send + Sync + 'static {
         now: u64,
         budget: usize,
     ) -> Result<TrimOutcome, LogError>;
+
+    /// Stores a stream's settings (durable after [`Log::sync`]). Default settings are forgotten.
+    fn put_settings(&self, stream: &StreamName, settings: StreamSettings) -> Result<(), LogError>;
+
+    /// A stream's settings; the default for a stream that has none.
+    fn settings(&self, stream: &StreamName) -> StreamSettings;
+
+    /// Every stream with settings other than the default, by name.
+    fn all_settings(&self) -> Vec<(StreamName, StreamSettings)>;
+
+    /// Deletes a stream: its events, counters and settings are gone at once for every reader
+    /// (durable after [`Log::sync`]). The name may be used again; its new events get new ids. A
+    /// backend may leave the removal of the old events' bytes to [`Log::purge`].
+    fn delete(&self, stream: &StreamName) -> Result<(), LogError>;
+
+    /// Frees what deleted streams left behind, at most `budget` events per call; true if more
+    /// remains.
+    fn purge(&self, budget: usize) -> Result<bool, LogError>;
 
     /// The counters of one stream; `None` if it was never published to.
     fn stats(&self, stream: &StreamName) -> Option<StreamStats>;
@@ -246,6 +301,75 @@ mod contract_tests {
         assert_eq!(outcome.removed, 2);
         assert_eq!(log.stats(&a).unwrap().first_time, 27);
         assert_eq!(log.all_stats().len(), 2);
+
+        // Settings are kept per stream; default settings are not listed.
+        let sealed = StreamSettings {
+            sealed: true,
+            max_len: Some(7),
+            max_age_ms: None,
+        };
+        log.put_settings(&b, sealed).unwrap();
+        assert_eq!(log.settings(&b), sealed);
+        assert_eq!(log.settings(&a), StreamSettings::default());
+        assert_eq!(log.all_settings(), vec![(b.clone(), sealed)]);
+
+        // Delete: events, counters and settings go; the name can be used again, with new ids.
+        let last_before = log.last_id();
+        log.delete(&a).unwrap();
+        log.delete(&b).unwrap();
+        assert!(log.stats(&a).is_none());
+        assert!(log.all_settings().is_empty());
+        assert!(log
+            .read(&a, EventId(0), EventId(99), 99)
+            .unwrap()
+            .is_empty());
+        assert!(log.read_last(&a, EventId(99), 9).unwrap().is_empty());
+        assert!(log.get(&a, EventId(13)).unwrap().is_none());
+        let reborn = log
+            .append(vec![new("a", "again"), new("a", "and again")], 50)
+            .unwrap();
+        assert!(reborn[0].id > last_before);
+        assert_eq!(
+            ids(&log.read(&a, EventId(0), EventId(99), 99).unwrap()),
+            ids(&reborn)
+        );
+        let stats = log.stats(&a).unwrap();
+        assert_eq!((stats.length, stats.first_id), (2, reborn[0].id));
+        assert_eq!(stats.trimmed_through, EventId(0));
+        // Trimming the reborn stream removes its own oldest event, never what the delete left.
+        let keep1 = Retention {
+            max_len: Some(1),
+            max_age_ms: None,
+        };
+        assert_eq!(log.trim(&a, &keep1, 100, 100).unwrap().removed, 1);
+        while log.purge(2).unwrap() {}
+        assert_eq!(
+            ids(&log.read(&a, EventId(0), EventId(99), 99).unwrap()),
+            [reborn[1].id.0]
+        );
+        assert_eq!(log.stats(&a).unwrap().length, 1);
+    }
+
+    #[test]
+    fn stream_settings_override_the_server_retention() {
+        let server = Retention {
+            max_len: Some(100),
+            max_age_ms: Some(5000),
+        };
+        let own = StreamSettings {
+            sealed: false,
+            max_len: Some(0),
+            max_age_ms: Some(10),
+        };
+        assert_eq!(
+            server.with(&own),
+            Retention {
+                max_len: None,
+                max_age_ms: Some(10)
+            }
+        );
+        assert_eq!(server.with(&StreamSettings::default()), server);
+        assert!(Retention::default().is_unlimited());
     }
 
     #[test]
@@ -257,6 +381,36 @@ mod contract_tests {
     fn sled_log_keeps_the_contract() {
         let dir = tempfile::tempdir().unwrap();
         exercise(&SledLog::open(dir.path(), 16 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn sled_log_keeps_settings_and_deletes_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = StreamName::new("a").unwrap();
+        let gone = StreamName::new("gone").unwrap();
+        let settings = StreamSettings {
+            sealed: true,
+            max_len: None,
+            max_age_ms: Some(60_000),
+        };
+        {
+            let log = SledLog::open(dir.path(), 16 << 20, None).unwrap();
+            log.append(vec![new("a", "x"), new("gone", "y"), new("gone", "z")], 1)
+                .unwrap();
+            log.put_settings(&a, settings).unwrap();
+            log.delete(&gone).unwrap();
+            log.sync().unwrap();
+            // no close(), no purge: as after a crash right after the delete
+        }
+        let log = SledLog::open(dir.path(), 16 << 20, None).unwrap();
+        assert_eq!(log.settings(&a), settings);
+        assert!(log.stats(&gone).is_none());
+        assert!(log
+            .read(&gone, EventId(0), EventId(99), 9)
+            .unwrap()
+            .is_empty());
+        assert!(!log.purge(100).unwrap());
+        assert_eq!(log.all_stats().len(), 1);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! - `e` stream `\0` id(u64 BE) → event: `[1][time u64 BE][type len u16 BE][type][data]`. Stream names
 //!   never contain `\0`, so one stream's events are one contiguous, id-ordered key range.
 //! - `m` stream → the stream's [`StreamStats`], so start-up never scans events.
+//! - `c` stream → the stream's [`StreamSettings`] (absent when they are the default).
+//! - `d` stream → a delete floor: the stream's events up to this id were deleted. Readers skip
+//!   them at once; [`Log::purge`] removes their bytes later in bounded steps, then the floor.
 //! - `s` → the id ceiling: ids up to it may have been handed out. Ids are reserved in blocks and
 //!   the ceiling is fsync'd *before* any id above the old one is used, so after a crash the next
 //!   id is above every id anyone may have seen, even when publishing without per-event fsync. A
@@ -16,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use sled::{Batch, Db, IVec};
 
-use super::{Log, LogError, Retention, StreamStats, TrimOutcome};
+use super::{Log, LogError, Retention, StreamSettings, StreamStats, TrimOutcome};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 const SEQ_KEY: &[u8] = b"s";
@@ -32,6 +35,15 @@ struct State {
     next: u64,
     ceiling: u64,
     stats: HashMap<StreamName, StreamStats>,
+    settings: HashMap<StreamName, StreamSettings>,
+    /// Deleted streams whose old events are not purged yet: events up to the id are gone.
+    floors: HashMap<StreamName, EventId>,
+}
+
+impl State {
+    fn floor(&self, stream: &StreamName) -> EventId {
+        self.floors.get(stream).copied().unwrap_or(EventId::ZERO)
+    }
 }
 
 impl SledLog {
@@ -52,21 +64,21 @@ impl SledLog {
             Some(v) => read_u64(&v, 0).ok_or_else(|| LogError::Corrupt("id ceiling".into()))?,
             None => 0,
         };
-        let mut stats = HashMap::new();
-        for item in db.scan_prefix(b"m") {
-            let (key, value) = item?;
-            let name = std::str::from_utf8(&key[1..])
-                .ok()
-                .and_then(|n| StreamName::new(n).ok())
-                .ok_or_else(|| LogError::Corrupt("stream name in a counter key".into()))?;
-            stats.insert(name, decode_stats(&value)?);
-        }
+        let stats = load(&db, b'm', decode_stats)?;
+        let settings = load(&db, b'c', decode_settings)?;
+        let floors = load(&db, b'd', |v| {
+            read_u64(v, 0)
+                .map(EventId)
+                .ok_or_else(|| LogError::Corrupt("delete floor".into()))
+        })?;
         Ok(SledLog {
             db,
             state: Mutex::new(State {
                 next: ceiling + 1,
                 ceiling,
                 stats,
+                settings,
+                floors,
             }),
         })
     }
@@ -112,7 +124,7 @@ impl Log for SledLog {
             appended.push(Event::new(id, new.stream, new.kind, new.data, time));
         }
         for (name, stats) in &touched {
-            batch.insert(meta_key(name), encode_stats(stats).to_vec());
+            batch.insert(keyed(b'm', name), encode_stats(stats).to_vec());
         }
         self.db.apply_batch(batch)?;
         st.next = last + 1;
@@ -132,6 +144,7 @@ impl Log for SledLog {
         upto: EventId,
         limit: usize,
     ) -> Result<Vec<Event>, LogError> {
+        let after = after.max(self.state().floor(stream));
         if after >= upto || limit == 0 {
             return Ok(Vec::new());
         }
@@ -150,7 +163,11 @@ impl Log for SledLog {
         upto: EventId,
         n: usize,
     ) -> Result<Vec<Event>, LogError> {
-        let range = event_key(stream, EventId(0))..=event_key(stream, upto);
+        let floor = self.state().floor(stream);
+        if floor >= upto {
+            return Ok(Vec::new());
+        }
+        let range = event_key(stream, EventId(floor.0 + 1))..=event_key(stream, upto);
         let mut events = Vec::with_capacity(n.min(1024));
         for item in self.db.range(range).rev().take(n) {
             let (key, value) = item?;
@@ -161,6 +178,9 @@ impl Log for SledLog {
     }
 
     fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, LogError> {
+        if id <= self.state().floor(stream) {
+            return Ok(None);
+        }
         let key = event_key(stream, id);
         match self.db.get(&key)? {
             Some(value) => Ok(Some(decode_event(stream, &key, &value)?)),
@@ -184,7 +204,9 @@ impl Log for SledLog {
         let mut outcome = TrimOutcome::default();
         let mut new_first = None;
         let mut last_removed = stats.trimmed_through;
-        for item in self.db.scan_prefix(event_prefix(stream)) {
+        // Start above a delete floor: what lies below it belongs to the stream's former life.
+        let from = event_key(stream, EventId(st.floor(stream).0 + 1));
+        for item in self.db.range(from..=event_key(stream, EventId(u64::MAX))) {
             let (key, value) = item?;
             let id = id_from_key(&key)?;
             let time =
@@ -208,10 +230,91 @@ impl Log for SledLog {
         stats.length -= outcome.removed;
         stats.trimmed_through = last_removed;
         (stats.first_id, stats.first_time) = new_first.unwrap_or((EventId(0), 0));
-        batch.insert(meta_key(stream), encode_stats(&stats).to_vec());
+        batch.insert(keyed(b'm', stream), encode_stats(&stats).to_vec());
         self.db.apply_batch(batch)?;
         st.stats.insert(stream.clone(), stats);
         Ok(outcome)
+    }
+
+    fn put_settings(&self, stream: &StreamName, settings: StreamSettings) -> Result<(), LogError> {
+        let mut st = self.state();
+        if settings.is_default() {
+            self.db.remove(keyed(b'c', stream))?;
+            st.settings.remove(stream);
+        } else {
+            self.db
+                .insert(keyed(b'c', stream), encode_settings(&settings).to_vec())?;
+            st.settings.insert(stream.clone(), settings);
+        }
+        Ok(())
+    }
+
+    fn settings(&self, stream: &StreamName) -> StreamSettings {
+        self.state()
+            .settings
+            .get(stream)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn all_settings(&self) -> Vec<(StreamName, StreamSettings)> {
+        let mut all: Vec<_> = self
+            .state()
+            .settings
+            .iter()
+            .map(|(name, settings)| (name.clone(), *settings))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    fn delete(&self, stream: &StreamName) -> Result<(), LogError> {
+        let mut st = self.state();
+        let floor = st
+            .stats
+            .get(stream)
+            .map_or(EventId::ZERO, |s| s.last_id)
+            .max(st.floor(stream));
+        let mut batch = Batch::default();
+        batch.remove(keyed(b'm', stream));
+        batch.remove(keyed(b'c', stream));
+        if floor > EventId::ZERO {
+            batch.insert(keyed(b'd', stream), &floor.0.to_be_bytes());
+        }
+        self.db.apply_batch(batch)?;
+        st.stats.remove(stream);
+        st.settings.remove(stream);
+        if floor > EventId::ZERO {
+            st.floors.insert(stream.clone(), floor);
+        }
+        Ok(())
+    }
+
+    fn purge(&self, budget: usize) -> Result<bool, LogError> {
+        let mut st = self.state();
+        let Some((stream, floor)) = st.floors.iter().next().map(|(s, f)| (s.clone(), *f)) else {
+            return Ok(false);
+        };
+        let mut batch = Batch::default();
+        let mut removed = 0;
+        for item in self
+            .db
+            .range(event_key(&stream, EventId::ZERO)..=event_key(&stream, floor))
+            .take(budget)
+        {
+            let (key, _) = item?;
+            batch.remove(key);
+            removed += 1;
+        }
+        let done = removed < budget;
+        if done {
+            batch.remove(keyed(b'd', &stream));
+        }
+        self.db.apply_batch(batch)?;
+        if done {
+            st.floors.remove(&stream);
+        }
+        Ok(!st.floors.is_empty())
     }
 
     fn stats(&self, stream: &StreamName) -> Option<StreamStats> {
@@ -259,11 +362,30 @@ fn event_key(stream: &StreamName, id: EventId) -> Vec<u8> {
     key
 }
 
-fn meta_key(stream: &StreamName) -> Vec<u8> {
+/// A per-stream key: one tag byte, then the name.
+fn keyed(tag: u8, stream: &StreamName) -> Vec<u8> {
     let mut key = Vec::with_capacity(stream.as_str().len() + 1);
-    key.push(b'm');
+    key.push(tag);
     key.extend_from_slice(stream.as_str().as_bytes());
     key
+}
+
+/// Reads every per-stream value under one tag.
+fn load<T>(
+    db: &Db,
+    tag: u8,
+    decode: impl Fn(&[u8]) -> Result<T, LogError>,
+) -> Result<HashMap<StreamName, T>, LogError> {
+    let mut all = HashMap::new();
+    for item in db.scan_prefix([tag]) {
+        let (key, value) = item?;
+        let name = std::str::from_utf8(&key[1..])
+            .ok()
+            .and_then(|n| StreamName::new(n).ok())
+            .ok_or_else(|| LogError::Corrupt(format!("stream name in a {:?} key", tag as char)))?;
+        all.insert(name, decode(&value)?);
+    }
+    Ok(all)
 }
 
 fn id_from_key(key: &[u8]) -> Result<EventId, LogError> {
@@ -341,5 +463,48 @@ fn decode_stats(bytes: &[u8]) -> Result<StreamStats, LogError> {
         last_id: EventId(field(2)?),
         first_time: field(3)?,
         trimmed_through: EventId(field(4)?),
+    })
+}
+
+const SEALED: u8 = 1;
+const HAS_MAX_LEN: u8 = 2;
+const HAS_MAX_AGE: u8 = 4;
+
+/// `[version][flags][max_len u64][max_age_ms u64]`.
+fn encode_settings(settings: &StreamSettings) -> [u8; 18] {
+    let mut out = [0u8; 18];
+    out[0] = RECORD_VERSION;
+    let mut flags = 0;
+    if settings.sealed {
+        flags |= SEALED;
+    }
+    if let Some(n) = settings.max_len {
+        flags |= HAS_MAX_LEN;
+        out[2..10].copy_from_slice(&n.to_be_bytes());
+    }
+    if let Some(ms) = settings.max_age_ms {
+        flags |= HAS_MAX_AGE;
+        out[10..18].copy_from_slice(&ms.to_be_bytes());
+    }
+    out[1] = flags;
+    out
+}
+
+fn decode_settings(bytes: &[u8]) -> Result<StreamSettings, LogError> {
+    let corrupt = || LogError::Corrupt("stream settings".into());
+    if bytes.len() != 18 || bytes[0] != RECORD_VERSION {
+        return Err(corrupt());
+    }
+    let flags = bytes[1];
+    let field = |at: usize, flag: u8| -> Result<Option<u64>, LogError> {
+        if flags & flag == 0 {
+            return Ok(None);
+        }
+        read_u64(bytes, at).map(Some).ok_or_else(corrupt)
+    };
+    Ok(StreamSettings {
+        sealed: flags & SEALED != 0,
+        max_len: field(2, HAS_MAX_LEN)?,
+        max_age_ms: field(10, HAS_MAX_AGE)?,
     })
 }

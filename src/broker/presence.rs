@@ -1,0 +1,421 @@
+//! Who is online: per stream, the clients that hold at least one subscription to it.
+//!
+//! A client is a member of a stream while it has a connection reading it, and for a grace period
+//! after its last one goes — so a page reload (close, then reconnect) is neither a leave nor a
+//! join, and nobody watching sees flicker. Members live only in memory: after a restart every
+//! client is simply absent until it reconnects, so a crash can never leave ghosts behind.
+//!
+//! Joins and leaves are told live, per stream, to whoever watches (`presence=1` subscribers),
+//! with the stream's member count after the change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::stream::SelectAll;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::event::{now_millis, InvalidName, StreamName};
+
+/// Changes a watcher may fall behind by before it misses some (it then skips to the newest).
+const WATCH_CAPACITY: usize = 1024;
+
+/// A validated presence client id: 1–128 characters, none of them control characters.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+impl Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl ClientId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn new(id: &str) -> Result<ClientId, InvalidName> {
+        let chars = id.chars().count();
+        if chars == 0 || chars > Self::MAX_LEN {
+            return Err(InvalidName(format!(
+                "client id must be 1 to {} characters long, got {chars}",
+                Self::MAX_LEN
+            )));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(InvalidName(format!(
+                "client id {id:?} contains a control character"
+            )));
+        }
+        Ok(ClientId(Arc::from(id)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Join,
+    Leave,
+}
+
+/// One join or leave, as watchers receive it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresenceChange {
+    #[serde(skip)]
+    pub kind: ChangeKind,
+    pub stream: StreamName,
+    pub client: ClientId,
+    /// Members of the stream after this change.
+    pub count: usize,
+}
+
+/// One member, as `GET /streams/{stream}/presence` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub client: ClientId,
+    /// Open connections now; 0 while the client is within its grace period.
+    pub connections: usize,
+    /// When the client joined (Unix milliseconds).
+    pub since: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresenceInfo {
+    pub stream: StreamName,
+    pub count: usize,
+    pub clients: Vec<Member>,
+}
+
+struct Room {
+    members: BTreeMap<ClientId, MemberState>,
+    changes: broadcast::Sender<PresenceChange>,
+}
+
+struct MemberState {
+    connections: usize,
+    since: u64,
+    /// Set while the last connection is gone: the leave that will happen unless it returns.
+    leaving: Option<u64>,
+}
+
+impl Room {
+    fn new() -> Room {
+        Room {
+            members: BTreeMap::new(),
+            changes: broadcast::channel(WATCH_CAPACITY).0,
+        }
+    }
+
+    fn tell(&self, kind: ChangeKind, stream: &StreamName, client: &ClientId) {
+        // An error only means nobody watches.
+        let _ = self.changes.send(PresenceChange {
+            kind,
+            stream: stream.clone(),
+            client: client.clone(),
+            count: self.members.len(),
+        });
+    }
+
+    fn unused(&self) -> bool {
+        self.members.is_empty() && self.changes.receiver_count() == 0
+    }
+}
+
+/// The presence registry of one broker.
+pub struct Presence {
+    grace: Duration,
+    rooms: Mutex<HashMap<StreamName, Room>>,
+    /// Numbers each pending leave, so a timer fires only for the absence it was started for.
+    next_leave: Mutex<u64>,
+}
+
+impl Presence {
+    pub fn new(grace: Duration) -> Presence {
+        Presence {
+            grace,
+            rooms: Mutex::new(HashMap::new()),
+            next_leave: Mutex::new(0),
+        }
+    }
+
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<StreamName, Room>> {
+        // Every change below leaves the maps consistent before anything can panic.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more connection of `client` in each of `streams`, until the guard is dropped.
+    pub fn connect(self: &Arc<Self>, streams: &[StreamName], client: ClientId) -> PresenceGuard {
+        let mut rooms = self.rooms();
+        for stream in streams {
+            let room = rooms.entry(stream.clone()).or_insert_with(Room::new);
+            match room.members.get_mut(&client) {
+                Some(member) => {
+                    member.connections += 1;
+                    member.leaving = None; // back within the grace period: no leave, no join
+                }
+                None => {
+                    room.members.insert(
+                        client.clone(),
+                        MemberState {
+                            connections: 1,
+                            since: now_millis(),
+                            leaving: None,
+                        },
+                    );
+                    room.tell(ChangeKind::Join, stream, &client);
+                }
+            }
+        }
+        PresenceGuard {
+            presence: self.clone(),
+            streams: streams.to_vec(),
+            client,
+        }
+    }
+
+    fn disconnect(self: &Arc<Self>, streams: &[StreamName], client: &ClientId) {
+        let timer = tokio::runtime::Handle::try_current().ok();
+        let mut rooms = self.rooms();
+        for stream in streams {
+            let Some(room) = rooms.get_mut(stream) else {
+                continue;
+            };
+            let Some(member) = room.members.get_mut(client) else {
+                continue;
+            };
+            member.connections = member.connections.saturating_sub(1);
+            if member.connections > 0 {
+                continue;
+            }
+            match &timer {
+                Some(handle) if !self.grace.is_zero() => {
+                    let leave = {
+                        let mut next = self.next_leave.lock().unwrap_or_else(|e| e.into_inner());
+                        *next += 1;
+                        *next
+                    };
+                    member.leaving = Some(leave);
+                    let presence = self.clone();
+                    let (stream, client) = (stream.clone(), client.clone());
+                    handle.spawn(async move {
+                        tokio::time::sleep(presence.grace).await;
+                        presence.expire(&stream, &client, leave);
+                    });
+                }
+                // No grace, or no runtime left to wait in (the process is ending): leave now.
+                _ => {
+                    room.members.remove(client);
+                    room.tell(ChangeKind::Leave, stream, client);
+                    if room.unused() {
+                        rooms.remove(stream);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The grace period of one absence ended: the client leaves unless it came back.
+    fn expire(&self, stream: &StreamName, client: &ClientId, leave: u64) {
+        let mut rooms = self.rooms();
+        let Some(room) = rooms.get_mut(stream) else {
+            return;
+        };
+        let still_away = room
+            .members
+            .get(client)
+            .is_some_and(|m| m.connections == 0 && m.leaving == Some(leave));
+        if still_away {
+            room.members.remove(client);
+            room.tell(ChangeKind::Leave, stream, client);
+            if room.unused() {
+                rooms.remove(stream);
+            }
+        }
+    }
+
+    /// Members of `stream`, by client id.
+    pub fn members(&self, stream: &StreamName) -> PresenceInfo {
+        let rooms = self.rooms();
+        let clients: Vec<Member> = rooms.get(stream).map_or_else(Vec::new, |room| {
+            room.members
+                .iter()
+                .map(|(client, m)| Member {
+                    client: client.clone(),
+                    connections: m.connections,
+                    since: m.since,
+                })
+                .collect()
+        });
+        PresenceInfo {
+            stream: stream.clone(),
+            count: clients.len(),
+            clients,
+        }
+    }
+
+    /// How many clients are members of `stream`.
+    pub fn online(&self, stream: &StreamName) -> usize {
+        self.rooms()
+            .get(stream)
+            .map_or(0, |room| room.members.len())
+    }
+
+    /// Receives every later join and leave of `streams`.
+    pub fn watch(self: &Arc<Self>, streams: &[StreamName]) -> PresenceWatch {
+        let mut rooms = self.rooms();
+        let mut changes = SelectAll::new();
+        for stream in streams {
+            let room = rooms.entry(stream.clone()).or_insert_with(Room::new);
+            changes.push(BroadcastStream::new(room.changes.subscribe()));
+        }
+        PresenceWatch {
+            presence: self.clone(),
+            streams: streams.to_vec(),
+            changes,
+        }
+    }
+
+    fn sweep(&self, streams: &[StreamName]) {
+        let mut rooms = self.rooms();
+        for stream in streams {
+            if rooms.get(stream).is_some_and(Room::unused) {
+                rooms.remove(stream);
+            }
+        }
+    }
+}
+
+/// One connection's membership; dropping it starts the client's grace period where this was
+/// its last connection.
+pub struct PresenceGuard {
+    presence: Arc<Presence>,
+    streams: Vec<StreamName>,
+    client: ClientId,
+}
+
+impl PresenceGuard {
+    pub fn client(&self) -> &ClientId {
+        &self.client
+    }
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        self.presence.disconnect(&self.streams, &self.client);
+    }
+}
+
+/// Joins and leaves of some streams, merged.
+pub struct PresenceWatch {
+    presence: Arc<Presence>,
+    streams: Vec<StreamName>,
+    changes: SelectAll<BroadcastStream<PresenceChange>>,
+}
+
+impl PresenceWatch {
+    /// The next change. A watcher that fell more than a thousand changes behind skips to the
+    /// newest (each change carries the current count, so the count is right again at once).
+    pub async fn next(&mut self) -> Option<PresenceChange> {
+        loop {
+            match self.changes.next().await? {
+                Ok(change) => return Some(change),
+                Err(lagged) => tracing::debug!(%lagged, "presence watcher fell behind"),
+            }
+        }
+    }
+}
+
+impl Drop for PresenceWatch {
+    fn drop(&mut self) {
+        self.changes = SelectAll::new(); // let go of the receivers before sweeping
+        self.presence.sweep(&self.streams);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(name: &str) -> StreamName {
+        StreamName::new(name).unwrap()
+    }
+
+    fn c(id: &str) -> ClientId {
+        ClientId::new(id).unwrap()
+    }
+
+    #[test]
+    fn client_ids_are_validated() {
+        assert!(ClientId::new("alice").is_ok());
+        assert!(ClientId::new("Zoë 🙂").is_ok());
+        assert!(ClientId::new("").is_err());
+        assert!(ClientId::new("a\nb").is_err());
+        assert!(ClientId::new(&"x".repeat(129)).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn several_connections_are_one_member_and_a_quick_return_is_no_leave() {
+        let presence = Arc::new(Presence::new(Duration::from_secs(5)));
+        let room = s("room");
+        let room = std::slice::from_ref(&room);
+        let mut watch = presence.watch(room);
+        let a1 = presence.connect(room, c("alice"));
+        let a2 = presence.connect(room, c("alice"));
+        let b = presence.connect(room, c("bob"));
+        let info = presence.members(&room[0]);
+        assert_eq!(info.count, 2);
+        assert_eq!(info.clients[0].connections, 2);
+        let joins: Vec<(String, usize)> = [watch.next().await, watch.next().await]
+            .into_iter()
+            .map(|c| c.map(|c| (c.client.to_string(), c.count)).unwrap())
+            .collect();
+        assert_eq!(joins, [("alice".into(), 1), ("bob".into(), 2)]);
+
+        drop((a1, a2));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            presence.online(&room[0]),
+            2,
+            "alice is within her grace period"
+        );
+        let again = presence.connect(room, c("alice"));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(presence.online(&room[0]), 2, "alice came back in time");
+
+        drop((again, b));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let leaves: Vec<PresenceChange> =
+            vec![watch.next().await.unwrap(), watch.next().await.unwrap()];
+        assert!(leaves.iter().all(|l| l.kind == ChangeKind::Leave));
+        assert_eq!([leaves[0].count, leaves[1].count], [1, 0]);
+        let mut who: Vec<String> = leaves.iter().map(|l| l.client.to_string()).collect();
+        who.sort();
+        assert_eq!(who, ["alice", "bob"]);
+        assert_eq!(presence.online(&room[0]), 0);
+        drop(watch);
+        assert!(presence.rooms().is_empty());
+    }
+}

@@ -1,0 +1,191 @@
+//! A stream's life besides its events: `DELETE /streams/{stream}`, `POST /streams/{stream}/close`,
+//! `GET|PUT /streams/{stream}/retention` and `GET /streams/{stream}/presence`.
+
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::error::{respond, ApiError};
+use super::{read_body, stream_from_path, with_api, Api};
+use crate::broker::RetentionInfo;
+
+/// A retention body is a few numbers.
+const MAX_SETTINGS_BODY: usize = 4096;
+
+pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let delete = warp::path!("streams" / String)
+        .and(warp::delete())
+        .and(with_api(api.clone()))
+        .then(|stream: String, api: Api| async move {
+            respond(
+                async {
+                    let stream = stream_from_path(&stream)?;
+                    api.broker.delete(&stream).await?;
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
+                .await,
+            )
+        });
+    let close = warp::path!("streams" / String / "close")
+        .and(warp::post())
+        .and(with_api(api.clone()))
+        .then(|stream: String, api: Api| async move {
+            respond(
+                async {
+                    let stream = stream_from_path(&stream)?;
+                    api.broker.seal(&stream).await?;
+                    Ok(warp::reply::json(&api.broker.stream_info(&stream)).into_response())
+                }
+                .await,
+            )
+        });
+    let presence = warp::path!("streams" / String / "presence")
+        .and(warp::get())
+        .and(with_api(api.clone()))
+        .map(|stream: String, api: Api| {
+            respond(stream_from_path(&stream).map(|stream| {
+                warp::reply::json(&api.broker.presence().members(&stream)).into_response()
+            }))
+        });
+    let get_retention = warp::path!("streams" / String / "retention")
+        .and(warp::get())
+        .and(with_api(api.clone()))
+        .map(|stream: String, api: Api| {
+            respond(stream_from_path(&stream).map(|stream| {
+                warp::reply::json(&RetentionBody::from(api.broker.retention(&stream)))
+                    .into_response()
+            }))
+        });
+    let put_retention = warp::path!("streams" / String / "retention")
+        .and(warp::put())
+        .and(warp::body::stream())
+        .and(with_api(api))
+        .then(|stream: String, body, api: Api| async move {
+            respond(
+                async {
+                    let stream = stream_from_path(&stream)?;
+                    let body = read_body(body, MAX_SETTINGS_BODY).await?;
+                    let wanted = parse_retention(&body)?;
+                    let info = api
+                        .broker
+                        .set_retention(&stream, wanted.max_len, wanted.max_age_ms)
+                        .await?;
+                    Ok(warp::reply::json(&RetentionBody::from(info)).into_response())
+                }
+                .await,
+            )
+        });
+    delete
+        .or(close)
+        .unify()
+        .or(presence)
+        .unify()
+        .or(get_retention)
+        .unify()
+        .or(put_retention)
+        .unify()
+}
+
+/// `PUT /streams/{stream}/retention`: each limit absent or `null` follows the server's, `0`
+/// means unlimited.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionRequest {
+    #[serde(default)]
+    max_len: Option<u64>,
+    /// Seconds; decimals allowed.
+    #[serde(default)]
+    max_age: Option<f64>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Wanted {
+    max_len: Option<u64>,
+    max_age_ms: Option<u64>,
+}
+
+fn parse_retention(body: &[u8]) -> Result<Wanted, ApiError> {
+    let request: RetentionRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected {{\"max_len\": N or null, \"max_age\": SECONDS or null}}: {e}"
+        ))
+    })?;
+    let max_age_ms = match request.max_age {
+        None => None,
+        Some(secs) if secs.is_finite() && (0.0..1e12).contains(&secs) => {
+            Some((secs * 1000.0).round() as u64)
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "max_age must be a number of seconds, 0 or more (0 means unlimited)",
+            ))
+        }
+    };
+    Ok(Wanted {
+        max_len: request.max_len,
+        max_age_ms,
+    })
+}
+
+/// What the retention endpoints answer: the stream's own limits and the ones in force.
+#[derive(Debug, Serialize)]
+struct RetentionBody {
+    stream: String,
+    /// The stream's own limits: `null` follows the server's, `0` is unlimited.
+    max_len: Option<u64>,
+    max_age: Option<f64>,
+    /// What applies now (`null`: no limit of that kind).
+    effective: Limits,
+}
+
+#[derive(Debug, Serialize)]
+struct Limits {
+    max_len: Option<u64>,
+    max_age: Option<f64>,
+}
+
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+impl From<RetentionInfo> for RetentionBody {
+    fn from(info: RetentionInfo) -> Self {
+        RetentionBody {
+            stream: info.stream.to_string(),
+            max_len: info.own.max_len,
+            max_age: info.own.max_age_ms.map(secs),
+            effective: Limits {
+                max_len: info.effective.max_len,
+                max_age: info.effective.max_age_ms.map(secs),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_bodies_are_checked() {
+        assert_eq!(
+            parse_retention(br#"{"max_len": 10, "max_age": 1.5}"#).unwrap(),
+            Wanted {
+                max_len: Some(10),
+                max_age_ms: Some(1500)
+            }
+        );
+        assert_eq!(
+            parse_retention(br#"{"max_age": null}"#).unwrap(),
+            Wanted {
+                max_len: None,
+                max_age_ms: None
+            }
+        );
+        assert!(parse_retention(br#"{"max_len": -1}"#).is_err());
+        assert!(parse_retention(br#"{"max_age": -3}"#).is_err());
+        assert!(parse_retention(br#"{"maxlen": 3}"#).is_err());
+        assert!(parse_retention(b"max_len=3").is_err());
+    }
+}
