@@ -226,3 +226,119 @@ pub fn page_ids(page: &Value) -> Vec<u64> {
         .map(|e| id_of(&e["id"]))
         .collect()
 }
+
+/// Polls `check` until it holds, failing the test with `what` after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `GET /streams/{stream}/presence`.
+pub async fn presence(server: &Server, stream: &str) -> Value {
+    let (status, body) = get_json(server, &format!("/streams/{stream}/presence")).await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// An SSE response read as raw text in the background: for checking frames byte by byte
+/// (`event: join` without `id:`, say) and for seeing the response end.
+pub struct RawSse {
+    pub status: u16,
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawSse {
+    pub async fn open(server: &Server, query: &str, last_event_id: Option<u64>) -> RawSse {
+        let mut request = client().get(server.at(&format!("/sse?{query}")));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.expect("subscribe");
+        let status = response.status().as_u16();
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (t, e) = (text.clone(), ended.clone());
+        let task = tokio::spawn(async move {
+            let mut body = response.bytes_stream();
+            while let Some(Ok(chunk)) = body.next().await {
+                t.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk));
+            }
+            e.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        RawSse {
+            status,
+            text,
+            ended,
+            task,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// True once the server ended the response.
+    pub fn ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the text received so far contains `needle`; returns all of it.
+    pub async fn wait_for(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = self.text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{needle:?} not received within 15 s; got {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the server ends the response; returns everything received.
+    pub async fn wait_end(&self) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !self.ended() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "response not ended within 15 s; got {:?}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.text()
+    }
+}
+
+impl Drop for RawSse {
+    fn drop(&mut self) {
+        self.task.abort(); // closes the connection
+    }
+}
+
+/// The SSE frames of a raw text (blank-line separated), without the opening `retry:` and
+/// heartbeats.
+pub fn frames(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter(|f| !f.is_empty() && !f.starts_with("retry:") && !f.starts_with(':'))
+        .map(str::to_string)
+        .collect()
+}
