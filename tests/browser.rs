@@ -30,3 +30,8 @@ fn run_browser_script(script: &str) {
 fn eventsource_in_chromium_gets_exact_data_and_resumes_after_kill_9() {
     run_browser_script("eventsource.mjs");
 }
+
+#[test]
+fn eventsource_in_chromium_stops_for_good_after_a_seal() {
+    run_browser_script("seal.mjs");
+}

@@ -4,45 +4,11 @@
 // 2. after herald is killed with SIGKILL and started again on the same port and data directory,
 //    the browser reconnects by itself with Last-Event-ID and receives exactly what it missed —
 //    including events published while it was disconnected — with no duplicate.
-import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
+import { freePort, launchChromium, startHerald, stopped } from './lib.mjs';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
-
-const bin = process.env.HERALD_BIN;
-assert.ok(bin, 'HERALD_BIN must point at the herald binary');
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
-
-function startHerald(port, dataDir) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(bin, ['--listen', `127.0.0.1:${port}`, '--data', dataDir], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-      env: { ...process.env, RUST_LOG: 'herald=warn' },
-    });
-    child.once('error', reject);
-    child.stdout.once('data', (line) => {
-      if (String(line).startsWith('herald listening')) resolve(child);
-      else reject(new Error(`unexpected output: ${line}`));
-    });
-  });
-}
-
-function stopped(child) {
-  return new Promise((resolve) => child.once('exit', resolve));
-}
 
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
@@ -56,19 +22,7 @@ async function publish(data) {
 }
 
 let herald = await startHerald(port, dataDir);
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const context = await launchChromium(profile);
 try {
   const page = context.pages()[0] ?? (await context.newPage());
   await page.goto(`${base}/healthz`); // any same-origin page will do
