@@ -16,7 +16,8 @@
 //! ## Modules
 //! - [`broker`] — the core, with no HTTP in it: [`broker::event`] (names, ids, SSE encoding),
 //!   [`broker::log`] (the append-only log and its sled and memory backends), the writer (group
-//!   commit), [`broker::fanout`] (live channels), [`broker::subscription`] (catch-up + live).
+//!   commit; seals and deletes), [`broker::fanout`] (live channels), [`broker::subscription`]
+//!   (catch-up + live), [`broker::presence`] (who is online).
 //! - [`http`] — warp filters, one file per surface, and the one JSON error type.
 //! - [`config`] — flags and environment variables into one [`config::Config`].
 //! - [`server`] — `herald serve`: listen, shut down cleanly.
@@ -25,15 +26,24 @@
 //! ```no_run
 //! use herald::broker::{Broker, BrokerOptions, StartAt, Delivery};
 //! use herald::broker::event::{NewEvent, StreamName};
+//! use herald::broker::presence::ClientId;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = Broker::open(BrokerOptions::default())?; // in memory
 //! let room = StreamName::new("room")?;
 //! let mut sub = broker.subscribe(vec![room.clone()], StartAt::After(Default::default()));
-//! broker.publish(NewEvent { stream: room, kind: None, data: "hello".into() }).await?;
+//! broker.publish(NewEvent { stream: room.clone(), kind: None, data: "hello".into() }).await?;
 //! if let Some(Ok(Delivery::Event(event))) = sub.next().await {
 //!     assert_eq!(event.data, "hello");
 //! }
+//! // Presence: alice is a member of the room until the guard is dropped (plus the grace period).
+//! let alice = broker.presence().connect(&[room.clone()], ClientId::new("alice")?);
+//! assert_eq!(broker.presence().online(&room), 1);
+//! drop(alice);
+//! // Sealing: subscribers get `Delivery::Closed`, then their subscription ends.
+//! broker.seal(&room).await?;
+//! assert!(matches!(sub.next().await, Some(Ok(Delivery::Closed(_)))));
+//! assert!(sub.next().await.is_none());
 //! // Serve the same broker over HTTP beside your own warp routes:
 //! let (api, _shutdown) = herald::http::Api::new(broker.clone(), Default::default());
 //! let routes = herald::http::routes(api);

@@ -225,14 +225,22 @@ impl Subscription {
         }
     }
 
-    /// Queues what changed since it was last told: deletes, and seals.
+    /// Queues what changed since it was last told: deletes, and seals whose stream has been read
+    /// to its end. A seal whose last events are still ahead of the cursor is not told here: those
+    /// events and then the seal itself are on their way through the live channel, in order (or,
+    /// if it overflows, the next catch-up reads the events and this check runs again).
     fn note_lifecycle(&mut self) {
         for i in 0..self.streams.len() {
             let stream = &self.streams[i];
             let epoch = self.shared.deletions(stream);
             let sealed = self.shared.log.settings(stream).sealed;
+            let read_to_end = self
+                .shared
+                .log
+                .stats(stream)
+                .is_none_or(|stats| stats.last_id <= self.cursor);
             self.closed(i, true, epoch);
-            if sealed {
+            if sealed && read_to_end {
                 self.closed(i, false, epoch);
             }
         }

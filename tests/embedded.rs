@@ -1,0 +1,128 @@
+//! herald as a library, in-process: the broker API a Rust app embeds, without HTTP.
+
+use std::time::Duration;
+
+use herald::broker::event::{NewEvent, StreamName};
+use herald::broker::presence::ClientId;
+use herald::broker::{Broker, BrokerError, BrokerOptions, Closed, Delivery, StartAt};
+
+fn event(stream: &StreamName, data: &str) -> NewEvent {
+    NewEvent {
+        stream: stream.clone(),
+        kind: None,
+        data: data.into(),
+    }
+}
+
+async fn next(sub: &mut herald::broker::Subscription) -> Option<Delivery> {
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("a delivery within 5 s")
+        .map(|d| d.expect("no broker error"))
+}
+
+#[tokio::test]
+async fn seal_and_delete_reach_subscribers_in_order() {
+    let broker = Broker::open(BrokerOptions::default()).unwrap();
+    let (game, chat) = (
+        StreamName::new("game").unwrap(),
+        StreamName::new("chat").unwrap(),
+    );
+    let mut both = broker.subscribe(vec![game.clone(), chat.clone()], StartAt::Live);
+    let mut only_game = broker.subscribe(vec![game.clone()], StartAt::Live);
+    let last = broker.publish(event(&game, "final score")).await.unwrap();
+    broker.seal(&game).await.unwrap();
+    assert!(matches!(
+        broker.publish(event(&game, "too late")).await,
+        Err(BrokerError::Sealed(s)) if s == game
+    ));
+
+    for sub in [&mut both, &mut only_game] {
+        match next(sub).await {
+            Some(Delivery::Event(e)) => assert_eq!(e.id, last.id),
+            other => panic!("expected the last event, got {other:?}"),
+        }
+        match next(sub).await {
+            Some(Delivery::Closed(Closed { stream, deleted })) => {
+                assert_eq!((stream, deleted), (game.clone(), false))
+            }
+            other => panic!("expected the close, got {other:?}"),
+        }
+    }
+    assert!(
+        next(&mut only_game).await.is_none(),
+        "all its streams are sealed: it ends"
+    );
+    assert!(broker
+        .subscribe(vec![game.clone()], StartAt::Live)
+        .is_finished());
+    assert!(!broker
+        .subscribe(vec![game.clone()], StartAt::After(Default::default()))
+        .is_finished());
+
+    // `both` still reads chat; a delete of chat is told too, and chat lives on.
+    broker.delete(&chat).await.unwrap();
+    match next(&mut both).await {
+        Some(Delivery::Closed(Closed { stream, deleted })) => {
+            assert_eq!((stream, deleted), (chat.clone(), true))
+        }
+        other => panic!("expected the delete, got {other:?}"),
+    }
+    let reborn = broker.publish(event(&chat, "hello again")).await.unwrap();
+    match next(&mut both).await {
+        Some(Delivery::Event(e)) => assert_eq!(e.id, reborn.id),
+        other => panic!("expected the new event, got {other:?}"),
+    }
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_behind_the_live_channel_still_learns_of_the_seal() {
+    let options = BrokerOptions {
+        channel_capacity: 4,
+        ..BrokerOptions::default()
+    };
+    let broker = Broker::open(options).unwrap();
+    let s = StreamName::new("s").unwrap();
+    let mut sub = broker.subscribe(vec![s.clone()], StartAt::Live);
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(broker.publish(event(&s, &i.to_string())).await.unwrap().id);
+    }
+    broker.seal(&s).await.unwrap(); // the channel overflowed long before: the close was dropped
+    let mut got = Vec::new();
+    loop {
+        match next(&mut sub).await {
+            Some(Delivery::Event(e)) => got.push(e.id),
+            Some(Delivery::Closed(c)) => {
+                assert!(!c.deleted);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, ids, "every event, then the close");
+    assert!(next(&mut sub).await.is_none());
+    assert!(sub.lag_recoveries() > 0, "it did fall behind");
+}
+
+#[tokio::test]
+async fn presence_through_the_library() {
+    let options = BrokerOptions {
+        presence_grace: Duration::ZERO,
+        ..BrokerOptions::default()
+    };
+    let broker = Broker::open(options).unwrap();
+    let room = StreamName::new("room").unwrap();
+    let presence = broker.presence();
+    let mut watch = presence.watch(std::slice::from_ref(&room));
+    let alice = presence.connect(std::slice::from_ref(&room), ClientId::new("alice").unwrap());
+    assert_eq!(presence.online(&room), 1);
+    assert_eq!(broker.stream_info(&room).online, 1);
+    let join = watch.next().await.unwrap();
+    assert_eq!((join.client.as_str(), join.count), ("alice", 1));
+    drop(alice);
+    let leave = watch.next().await.unwrap();
+    assert_eq!((leave.client.as_str(), leave.count), ("alice", 0));
+    assert_eq!(presence.members(&room).count, 0);
+}
