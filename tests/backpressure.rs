@@ -13,7 +13,11 @@ const BATCH: usize = 500;
 
 #[tokio::test]
 async fn a_stalled_subscriber_gets_every_event_later_and_slows_no_one() {
-    let server = Server::start(&[]);
+    // The stalled reader's TCP window stays shut while the flood is published. A reader stalled
+    // longer than --peer-timeout (default: the 15 s heartbeat) is dropped by design, to resume
+    // later (see docs/API.md); this test is about catching up, so it must not depend on how fast
+    // this machine publishes 50 MB.
+    let server = Server::start(&["--peer-timeout", "120"]);
     // ~1 KiB per event: 50 MB in all, far more than the kernel's socket buffers and the HTTP
     // client's buffers can hold, so the stalled connection is under real TCP backpressure and
     // its live channel (256 slots) overflows many times over.
@@ -65,4 +69,41 @@ async fn a_stalled_subscriber_gets_every_event_later_and_slows_no_one() {
         assert!(event.data.starts_with(&format!("{next_index} ")));
         next_index += 1;
     }
+}
+
+#[tokio::test]
+async fn a_reader_stalled_past_the_peer_timeout_is_let_go_and_can_resume() {
+    let server = Server::start(&["--peer-timeout", "2"]);
+    let padding = "p".repeat(1000);
+    let stalled = client()
+        .get(server.at("/sse?stream=flood"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    // 20 MB: enough to fill the socket buffers both ways and shut the reader's TCP window.
+    let mut published = Vec::new();
+    for start in (0..20_000).step_by(BATCH) {
+        let batch: Vec<(&str, String)> = (start..start + BATCH)
+            .map(|i| ("flood", format!("{i} {padding}")))
+            .collect();
+        published.extend(publish_batch(&server, &batch).await);
+    }
+    let since = std::time::Instant::now();
+    eventually(
+        "the stalled reader is dropped",
+        Duration::from_secs(30),
+        || async { get_json(&server, "/streams/flood").await.1["subscribers"] == 0 },
+    )
+    .await;
+    eprintln!(
+        "stalled reader dropped {:?} after the flood",
+        since.elapsed()
+    );
+    drop(stalled);
+
+    // It comes back with its Last-Event-ID (here: the first event) and gets the rest.
+    let mut resumed = subscribe(&server, "stream=flood", Some(published[0])).await;
+    let got = take(&mut resumed, published.len() - 1).await;
+    assert_eq!(ids(&got), published[1..]);
 }

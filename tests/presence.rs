@@ -250,3 +250,15 @@ async fn bad_client_ids_and_flags_are_refused() {
     let (status, _) = get_json(&server, "/streams/bad%2Fname/presence").await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn a_restart_leaves_no_ghosts() {
+    let mut server = Server::start(&[]);
+    let _alice = RawSse::open(&server, "stream=room&client=alice", None).await;
+    assert_eq!(online(&server, "room").await, 1);
+    server.kill9();
+    server.restart();
+    assert_eq!(online(&server, "room").await, 0);
+    let (_, info) = get_json(&server, "/streams/room").await;
+    assert_eq!(info["online"], 0);
+}

@@ -87,6 +87,10 @@ async fn a_second_signal_exits_at_once() {
         None,
         "the first signal waits for the upload"
     );
+    assert!(
+        TcpStream::connect(&address).is_err(),
+        "no new connections are accepted while shutting down"
+    );
     let second = Instant::now();
     signal(&server, "INT");
     let code = server.exit_code_within(Duration::from_secs(2));
