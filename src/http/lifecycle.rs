@@ -1,5 +1,6 @@
-//! A stream's life besides its events: `DELETE /streams/{stream}`, `POST /streams/{stream}/close`,
-//! `GET|PUT /streams/{stream}/retention` and `GET /streams/{stream}/presence`.
+//! A stream's life besides its events: `DELETE /streams/{stream}`, `POST /streams/{stream}/close`
+//! and `GET|PUT /streams/{stream}/retention`. Each is one call into the broker, whose writer
+//! places it at an exact point of the publish order.
 
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
@@ -40,14 +41,6 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                 .await,
             )
         });
-    let presence = warp::path!("streams" / String / "presence")
-        .and(warp::get())
-        .and(with_api(api.clone()))
-        .map(|stream: String, api: Api| {
-            respond(stream_from_path(&stream).map(|stream| {
-                warp::reply::json(&api.broker.presence().members(&stream)).into_response()
-            }))
-        });
     let get_retention = warp::path!("streams" / String / "retention")
         .and(warp::get())
         .and(with_api(api.clone()))
@@ -78,8 +71,6 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         });
     delete
         .or(close)
-        .unify()
-        .or(presence)
         .unify()
         .or(get_retention)
         .unify()

@@ -6,6 +6,7 @@
 pub mod error;
 mod history;
 mod lifecycle;
+mod presence;
 mod publish;
 mod sse;
 
@@ -116,7 +117,9 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(history::routes(api.clone()))
         .unify()
-        .or(lifecycle::routes(api))
+        .or(lifecycle::routes(api.clone()))
+        .unify()
+        .or(presence::routes(api))
         .unify()
         .or(health)
         .unify()

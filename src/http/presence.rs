@@ -1,0 +1,19 @@
+//! `GET /streams/{stream}/presence`: who is online. Membership itself comes from `GET /sse`
+//! (`client=`), and live joins and leaves go out on SSE (`presence=1`); see `sse.rs`.
+
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::error::respond;
+use super::{stream_from_path, with_api, Api};
+
+pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("streams" / String / "presence")
+        .and(warp::get())
+        .and(with_api(api))
+        .map(|stream: String, api: Api| {
+            respond(stream_from_path(&stream).map(|stream| {
+                warp::reply::json(&api.broker.presence().members(&stream)).into_response()
+            }))
+        })
+}
