@@ -207,6 +207,34 @@ mod tests {
         assert_eq!(config.http.heartbeat, Duration::from_secs(15));
         assert_eq!(config.broker.durability, Durability::Fsync);
         assert_eq!(config.broker.retention.max_len, Some(100_000));
+        assert_eq!(config.broker.presence_grace, Duration::from_secs(5));
+        assert_eq!(config.peer_timeout, Some(Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn the_peer_timeout_follows_the_heartbeat_unless_set() {
+        let config = |args: &[&str]| {
+            let mut all = vec!["herald"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+                .unwrap()
+                .serve
+                .into_config()
+                .unwrap()
+        };
+        assert_eq!(
+            config(&["--heartbeat", "2.5"]).peer_timeout,
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            config(&["--peer-timeout", "40"]).peer_timeout,
+            Some(Duration::from_secs(40))
+        );
+        assert_eq!(config(&["--peer-timeout", "0"]).peer_timeout, None);
+        assert_eq!(
+            config(&["--presence-grace", "0"]).broker.presence_grace,
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -215,5 +243,7 @@ mod tests {
         assert!(Cli::try_parse_from(["herald", "--heartbeat", "soon"]).is_err());
         assert!(Cli::try_parse_from(["herald", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["herald", "serve", "--max-len", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["herald", "--presence-grace", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["herald", "--peer-timeout", "never"]).is_err());
     }
 }
