@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -52,16 +51,7 @@ fn sh(program: &str, args: &[&str]) {
 
 /// Subscribes with a raw socket; returns it and its local port.
 fn subscriber(server: &Server, client: &str) -> (TcpStream, u16) {
-    let address = server.url.strip_prefix("http://").unwrap();
-    let mut socket = TcpStream::connect(address).unwrap();
-    write!(
-        socket,
-        "GET /sse?stream=room&client={client} HTTP/1.1\r\nHost: {address}\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 512];
-    let n = socket.read(&mut head).unwrap();
-    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    let socket = raw_subscriber(server, &format!("stream=room&client={client}"));
     let port = socket.local_addr().unwrap().port();
     (socket, port)
 }

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
@@ -166,21 +164,6 @@ async fn a_reload_within_the_grace_period_is_neither_leave_nor_join() {
         "left after {waited:?}, before the grace period ended"
     );
     assert_eq!(online(&server, "room").await, 0);
-}
-
-/// A raw subscriber on its own socket, to close in exactly the way a test wants.
-fn raw_subscriber(server: &Server, query: &str) -> TcpStream {
-    let address = server.url.strip_prefix("http://").unwrap();
-    let mut socket = TcpStream::connect(address).unwrap();
-    write!(
-        socket,
-        "GET /sse?{query} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 512];
-    let n = socket.read(&mut head).unwrap();
-    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "subscribed");
-    socket
 }
 
 #[tokio::test]

@@ -342,3 +342,19 @@ pub fn frames(text: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A subscriber on a raw socket of its own, to close (FIN, RST) or lose exactly as a test wants.
+pub fn raw_subscriber(server: &Server, query: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let address = server.url.strip_prefix("http://").unwrap();
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        socket,
+        "GET /sse?{query} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = socket.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "subscribed");
+    socket
+}

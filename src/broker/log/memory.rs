@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{Log, LogError, Retention, StreamSettings, StreamStats, TrimOutcome};
+use super::{by_name, Log, LogError, Retention, StreamSettings, StreamStats, TrimOutcome};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 #[derive(Default)]
@@ -190,14 +190,7 @@ impl Log for MemoryLog {
     }
 
     fn all_settings(&self) -> Vec<(StreamName, StreamSettings)> {
-        let mut all: Vec<_> = self
-            .read_lock()
-            .settings
-            .iter()
-            .map(|(name, settings)| (name.clone(), *settings))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        by_name(self.read_lock().settings.iter())
     }
 
     fn delete(&self, stream: &StreamName) -> Result<(), LogError> {

@@ -33,6 +33,15 @@ impl From<::sled::Error> for LogError {
     }
 }
 
+/// A per-stream map's entries, by stream name: how the `all_*` methods answer.
+pub(crate) fn by_name<'a, T: Copy + 'a>(
+    entries: impl Iterator<Item = (&'a StreamName, &'a T)>,
+) -> Vec<(StreamName, T)> {
+    let mut all: Vec<_> = entries.map(|(name, v)| (name.clone(), *v)).collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
 /// Counters of one stream, kept up to date by every append and trim (never computed by a scan).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamStats {

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use sled::{Batch, Db, IVec};
 
-use super::{Log, LogError, Retention, StreamSettings, StreamStats, TrimOutcome};
+use super::{by_name, Log, LogError, Retention, StreamSettings, StreamStats, TrimOutcome};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 const SEQ_KEY: &[u8] = b"s";
@@ -258,14 +258,7 @@ impl Log for SledLog {
     }
 
     fn all_settings(&self) -> Vec<(StreamName, StreamSettings)> {
-        let mut all: Vec<_> = self
-            .state()
-            .settings
-            .iter()
-            .map(|(name, settings)| (name.clone(), *settings))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        by_name(self.state().settings.iter())
     }
 
     fn delete(&self, stream: &StreamName) -> Result<(), LogError> {
@@ -322,14 +315,7 @@ impl Log for SledLog {
     }
 
     fn all_stats(&self) -> Vec<(StreamName, StreamStats)> {
-        let mut all: Vec<_> = self
-            .state()
-            .stats
-            .iter()
-            .map(|(name, stats)| (name.clone(), *stats))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        by_name(self.state().stats.iter())
     }
 
     fn last_id(&self) -> EventId {
