@@ -27,11 +27,11 @@ pub fn topic(mut streams: Vec<StreamName>) -> Topic {
 #[derive(Debug, Clone)]
 pub enum Live {
     Event(Arc<Event>),
-    /// The stream was sealed (`deleted: false`) or deleted. `epoch` counts the stream's deletes.
+    /// The stream was sealed (`deleted: None`) or deleted (`Some(n)`: its n-th delete since
+    /// start-up, so a subscription can tell a delete it already knows of from a new one).
     Closed {
         stream: StreamName,
-        deleted: bool,
-        epoch: u64,
+        deleted: Option<u64>,
     },
 }
 
@@ -105,11 +105,10 @@ impl Fanout {
     }
 
     /// Tells every topic of `stream` that it was sealed or deleted.
-    pub fn send_closed(&self, stream: &StreamName, deleted: bool, epoch: u64) {
+    pub fn send_closed(&self, stream: &StreamName, deleted: Option<u64>) {
         self.send_to(stream, || Live::Closed {
             stream: stream.clone(),
             deleted,
-            epoch,
         });
     }
 
@@ -203,10 +202,10 @@ mod tests {
             .collect();
         assert_eq!(got, [1, 2, 4]);
         assert_eq!(id(a.receiver().try_recv().unwrap()), 2);
-        fanout.send_closed(&name("b"), false, 0);
+        fanout.send_closed(&name("b"), None);
         assert!(matches!(
             ab.receiver().try_recv().unwrap(),
-            Live::Closed { deleted: false, .. }
+            Live::Closed { deleted: None, .. }
         ));
         assert!(a.receiver().try_recv().is_err());
         drop((ab, ab2, a));

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -145,7 +146,7 @@ pub struct Presence {
     grace: Duration,
     rooms: Mutex<HashMap<StreamName, Room>>,
     /// Numbers each pending leave, so a timer fires only for the absence it was started for.
-    next_leave: Mutex<u64>,
+    next_leave: AtomicU64,
 }
 
 impl Presence {
@@ -153,7 +154,7 @@ impl Presence {
         Presence {
             grace,
             rooms: Mutex::new(HashMap::new()),
-            next_leave: Mutex::new(0),
+            next_leave: AtomicU64::new(0),
         }
     }
 
@@ -212,11 +213,7 @@ impl Presence {
             }
             match &timer {
                 Some(handle) if !self.grace.is_zero() => {
-                    let leave = {
-                        let mut next = self.next_leave.lock().unwrap_or_else(|e| e.into_inner());
-                        *next += 1;
-                        *next
-                    };
+                    let leave = self.next_leave.fetch_add(1, Ordering::Relaxed) + 1;
                     member.leaving = Some(leave);
                     let presence = self.clone();
                     let (stream, client) = (stream.clone(), client.clone());

@@ -206,13 +206,9 @@ impl Subscription {
                         return Some(Ok(Delivery::Event(event)));
                     }
                     Ok(Live::Event(_)) => {}
-                    Ok(Live::Closed {
-                        stream,
-                        deleted,
-                        epoch,
-                    }) => {
+                    Ok(Live::Closed { stream, deleted }) => {
                         if let Ok(i) = self.streams.binary_search(&stream) {
-                            self.closed(i, deleted, epoch);
+                            self.closed(i, deleted);
                         }
                     }
                     Err(RecvError::Lagged(_)) => {
@@ -239,29 +235,31 @@ impl Subscription {
                 .log
                 .stats(stream)
                 .is_none_or(|stats| stats.last_id <= self.cursor);
-            self.closed(i, true, epoch);
+            self.closed(i, Some(epoch));
             if sealed && read_to_end {
-                self.closed(i, false, epoch);
+                self.closed(i, None);
             }
         }
     }
 
-    /// Queues a `Closed` for stream `i` unless it was told already.
-    fn closed(&mut self, i: usize, deleted: bool, epoch: u64) {
-        let new = if deleted {
-            let new = epoch > self.deletions[i];
-            if new {
-                self.deletions[i] = epoch;
-                self.sealed_told[i] = false; // the stream may be sealed again in its next life
+    /// Queues a `Closed` for stream `i` — sealed (`None`) or its `Some(n)`-th delete — unless
+    /// it was told already.
+    fn closed(&mut self, i: usize, deleted: Option<u64>) {
+        let new = match deleted {
+            Some(epoch) => {
+                let new = epoch > self.deletions[i];
+                if new {
+                    self.deletions[i] = epoch;
+                    self.sealed_told[i] = false; // the stream may be sealed again in its next life
+                }
+                new
             }
-            new
-        } else {
-            !std::mem::replace(&mut self.sealed_told[i], true)
+            None => !std::mem::replace(&mut self.sealed_told[i], true),
         };
         if new {
             self.pending.push_back(Delivery::Closed(Closed {
                 stream: self.streams[i].clone(),
-                deleted,
+                deleted: deleted.is_some(),
             }));
         }
     }

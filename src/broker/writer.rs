@@ -271,8 +271,7 @@ impl Writer {
         }
         match change {
             Change::Seal => {
-                let epoch = self.deletions.get(stream).map_or(0, |e| *e);
-                self.fanout.send_closed(stream, false, epoch);
+                self.fanout.send_closed(stream, None);
                 tracing::info!(%stream, "stream sealed");
             }
             Change::Delete => {
@@ -281,7 +280,7 @@ impl Writer {
                     *epoch += 1;
                     *epoch
                 };
-                self.fanout.send_closed(stream, true, epoch);
+                self.fanout.send_closed(stream, Some(epoch));
                 tracing::info!(%stream, "stream deleted");
             }
             Change::Retention { .. } => {
