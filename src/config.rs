@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::broker::log::Retention;
 use crate::broker::{BrokerOptions, Durability, Storage};
+use crate::http::auth::{Access, StreamPattern};
 use crate::http::{HeartbeatStyle, HttpOptions};
 
 /// herald: durable Server-Sent Events streams in one binary — publish over HTTP, subscribe with
@@ -30,8 +31,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address and port to listen on. A non-loopback address needs --allow-public-publish until
-    /// publishing can be protected by a token.
+    /// Address and port to listen on. A non-loopback address needs --publish-token or
+    /// --jwt-secret (or, to run an open publish API on purpose, --allow-public-publish).
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
 
@@ -103,9 +104,63 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_PEER_TIMEOUT", value_parser = parse_seconds_or_zero)]
     pub peer_timeout: Option<Duration>,
 
-    /// Allow listening on a non-loopback address although anyone who can reach it may publish.
+    /// Allow listening on a non-loopback address with no --publish-token and no --jwt-secret,
+    /// so that anyone who can reach herald may publish, close and delete streams.
     #[arg(long, env = "HERALD_ALLOW_PUBLIC_PUBLISH")]
     pub allow_public_publish: bool,
+
+    /// Publishing, closing, deleting and setting retention need `Authorization: Bearer <token>`
+    /// with this token (or a JWT, with --jwt-secret). The token may also read every stream.
+    /// Prefer the environment variable: flags show in `ps`.
+    #[arg(long, env = "HERALD_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+
+    /// Secret for HS256 JWTs: `publish` and `subscribe` claims (lists of stream names or
+    /// `prefix*` patterns), `sub` (the presence client id), `exp`. Prefer the environment
+    /// variable: flags show in `ps`.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Streams matching this pattern (a name, or a prefix ending in `*`) can only be read with
+    /// a token whose subscribe claim covers them: SSE, history and presence alike. Repeatable;
+    /// comma-separated in the environment variable.
+    #[arg(
+        long = "private",
+        env = "HERALD_PRIVATE",
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
+    pub private: Vec<String>,
+
+    /// A browser origin (`https://app.example.com`) whose pages may call herald, with
+    /// credentials; `*` for any origin, without credentials. Repeatable; comma-separated in the
+    /// environment variable.
+    #[arg(
+        long = "cors-origin",
+        env = "HERALD_CORS_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub cors_origin: Vec<String>,
+
+    /// Most SSE subscriptions open at once (publishing and reads are not counted). Beyond it an
+    /// EventSource is told to retry later. 0: no limit.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Most SSE subscriptions open at once from one client address. Behind a reverse proxy
+    /// every client has the proxy's address: leave it at 0 (no limit) there.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Seconds a connection may stay silent before sending a request (keep-alive waits
+    /// included), or stall in the middle of a request body, before it is closed.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
+
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
 }
 
 /// Everything `herald serve` needs, validated.
@@ -130,6 +185,11 @@ impl ServeArgs {
         if self.flush_interval == Some(0) {
             return Err("--flush-interval must be at least 1 ms".into());
         }
+        if self.max_header_bytes < 1024 {
+            return Err("--max-header-bytes must be at least 1024".into());
+        }
+        let access = self.access()?;
+        let cors_origins = cors_origins(&self.cors_origin)?;
         let storage = if self.memory {
             Storage::Memory
         } else {
@@ -165,6 +225,13 @@ impl ServeArgs {
                     HeartbeatStyle::Comment
                 },
                 shutdown_retry_window: self.shutdown_retry_window,
+                access,
+                max_connections: (self.max_connections > 0).then_some(self.max_connections),
+                max_connections_per_ip: (self.max_connections_per_ip > 0)
+                    .then_some(self.max_connections_per_ip),
+                cors_origins,
+                idle_timeout: self.idle_timeout,
+                max_header_bytes: self.max_header_bytes,
                 ..HttpOptions::default()
             },
             allow_public_publish: self.allow_public_publish,
@@ -175,6 +242,61 @@ impl ServeArgs {
             },
         })
     }
+}
+
+impl ServeArgs {
+    fn access(&self) -> Result<Access, String> {
+        let secret = |flag: &str, value: &Option<String>| match value {
+            Some(v) if v.trim().is_empty() => Err(format!("{flag} is empty")),
+            Some(v) => Ok(Some(v.clone())),
+            None => Ok(None),
+        };
+        let publish_token = secret("--publish-token", &self.publish_token)?;
+        let jwt_secret = secret("--jwt-secret", &self.jwt_secret)?;
+        if jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err(
+                "--jwt-secret must be at least 32 bytes: a short HS256 secret can be guessed \
+                 offline from any one token"
+                    .into(),
+            );
+        }
+        let private = self
+            .private
+            .iter()
+            .map(|p| StreamPattern::parse(p.trim()).map_err(|e| format!("--private: {}", e.0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Access::new(publish_token, jwt_secret, private))
+    }
+}
+
+/// Checks each `--cors-origin` is `*` or a bare origin: scheme, host, optional port.
+fn cors_origins(origins: &[String]) -> Result<Vec<String>, String> {
+    let origins: Vec<String> = origins.iter().map(|o| o.trim().to_owned()).collect();
+    if origins.len() > 1 && origins.iter().any(|o| o == "*") {
+        return Err("--cors-origin '*' allows every origin; do not list others with it".into());
+    }
+    for origin in &origins {
+        if origin == "*" {
+            continue;
+        }
+        let bad = || {
+            format!(
+                "--cors-origin {origin:?} is not an origin like https://app.example.com \
+                 (scheme and host, optional port, no path)"
+            )
+        };
+        let uri: warp::http::Uri = origin.parse().map_err(|_| bad())?;
+        let plain = matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.authority().is_some()
+            && uri
+                .path_and_query()
+                .is_none_or(|p| p.as_str().is_empty() || p == "/")
+            && !origin.ends_with('/');
+        if !plain {
+            return Err(bad());
+        }
+    }
+    Ok(origins)
 }
 
 fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
@@ -235,6 +357,44 @@ mod tests {
             config(&["--presence-grace", "0"]).broker.presence_grace,
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn access_flags_are_checked_at_start() {
+        let config = |args: &[&str]| {
+            let mut all = vec!["herald"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().serve.into_config()
+        };
+        let secret = "0123456789abcdef0123456789abcdef";
+        let ok = config(&[
+            "--jwt-secret",
+            secret,
+            "--private",
+            "user:*",
+            "--private",
+            "admin",
+            "--cors-origin",
+            "https://app.example.com",
+            "--cors-origin",
+            "http://localhost:3000",
+        ])
+        .unwrap();
+        assert!(!ok.http.access.is_open());
+        assert_eq!(ok.http.cors_origins.len(), 2);
+        assert!(config(&["--jwt-secret", "short"]).is_err());
+        assert!(config(&["--publish-token", " "]).is_err());
+        assert!(config(&["--private", "a/b"]).is_err());
+        assert!(config(&["--cors-origin", "https://a.example/path"]).is_err());
+        assert!(config(&["--cors-origin", "https://a.example/"]).is_err());
+        assert!(config(&["--cors-origin", "a.example"]).is_err());
+        assert!(config(&["--cors-origin", "*", "--cors-origin", "https://a.example"]).is_err());
+        assert!(config(&["--cors-origin", "*"]).is_ok());
+        assert!(config(&["--max-header-bytes", "100"]).is_err());
+        let open = config(&[]).unwrap();
+        assert!(open.http.access.is_open());
+        assert_eq!(open.http.max_connections, None);
+        assert_eq!(open.http.idle_timeout, Duration::from_secs(30));
     }
 
     #[test]

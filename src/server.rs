@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::broker::{Broker, Storage};
 use crate::config::Config;
-use crate::http::{routes, Api};
+use crate::http::{listener, Api};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -32,10 +32,14 @@ pub enum ServeError {
 const GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> Result<(), ServeError> {
-    if !config.listen.ip().is_loopback() && !config.allow_public_publish {
+    if !config.listen.ip().is_loopback()
+        && config.http.access.is_open()
+        && !config.allow_public_publish
+    {
         return Err(ServeError::Refused(format!(
-            "refusing to listen on {}: anyone who can reach it could publish. Listen on a \
-             loopback address, or pass --allow-public-publish if this is what you want",
+            "refusing to listen on {}: anyone who can reach it could publish. Set \
+             --publish-token or --jwt-secret, listen on a loopback address, or pass \
+             --allow-public-publish if an open publish API is what you want",
             config.listen
         )));
     }
@@ -59,13 +63,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let mut signals = Signals::listen();
     let (api, shutdown) = Api::new(broker.clone(), config.http.clone());
     let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let server = warp::serve(routes(api))
-        .incoming(listener)
-        .graceful(async {
-            let _ = stopped.await;
-        })
-        .run();
-    let server = tokio::spawn(server);
+    let server = tokio::spawn(listener::serve(listener, api, async {
+        let _ = stopped.await;
+    }));
 
     tracing::info!(%addr, last_id = %broker.last_visible_id(), "herald listening");
     // Scripts and tests read this line to find the port when listening on port 0.

@@ -4,9 +4,10 @@
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
-use super::{query_pairs, raw_query, stream_from_path, with_api, Api};
-use crate::broker::event::{Event, EventId};
+use super::{query_pairs, raw_query, readable_stream, with_api, Api};
+use crate::broker::event::{Event, EventId, StreamName};
 
 /// Default and largest page of `GET /streams/{stream}/events`.
 const DEFAULT_LIMIT: usize = 100;
@@ -15,29 +16,54 @@ const MAX_LIMIT: usize = 1000;
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let list = warp::path!("streams")
         .and(warp::get())
+        .and(auth::reader(api.clone()))
         .and(with_api(api.clone()))
-        .map(|api: Api| warp::reply::json(&api.broker.streams()).into_response());
+        .map(|grant: Result<Grant, ApiError>, api: Api| {
+            respond(grant.map(|grant| {
+                // A private stream the caller may not read is not listed: its name is private too.
+                let mut streams = api.broker.streams();
+                streams.retain(|info| api.options.access.may_read(&grant, &info.name));
+                warp::reply::json(&streams).into_response()
+            }))
+        });
     let one =
         warp::path!("streams" / String)
             .and(warp::get())
+            .and(auth::reader(api.clone()))
             .and(with_api(api.clone()))
-            .map(|stream: String, api: Api| {
-                respond(stream_from_path(&stream).map(|stream| {
+            .map(|stream: String, grant, api: Api| {
+                respond(readable_stream(&api, &stream, grant).map(|stream| {
                     warp::reply::json(&api.broker.stream_info(&stream)).into_response()
                 }))
             });
     let events = warp::path!("streams" / String / "events")
         .and(warp::get())
         .and(raw_query())
+        .and(auth::reader(api.clone()))
         .and(with_api(api.clone()))
-        .then(|stream: String, query: String, api: Api| async move {
-            respond(read_events(api, &stream, &query).await)
-        });
+        .then(
+            |stream: String, query: String, grant, api: Api| async move {
+                respond(
+                    async {
+                        let stream = readable_stream(&api, &stream, grant)?;
+                        read_events(&api, stream, &query).await
+                    }
+                    .await,
+                )
+            },
+        );
     let event = warp::path!("streams" / String / "events" / String)
         .and(warp::get())
+        .and(auth::reader(api.clone()))
         .and(with_api(api))
-        .then(|stream: String, id: String, api: Api| async move {
-            respond(read_event(api, &stream, &id).await)
+        .then(|stream: String, id: String, grant, api: Api| async move {
+            respond(
+                async {
+                    let stream = readable_stream(&api, &stream, grant)?;
+                    read_event(&api, stream, &id).await
+                }
+                .await,
+            )
         });
     event.or(events).unify().or(one).unify().or(list).unify()
 }
@@ -94,8 +120,7 @@ fn parse_page(query: &str) -> Result<Page, ApiError> {
     }
 }
 
-async fn read_events(api: Api, stream: &str, query: &str) -> Result<Response, ApiError> {
-    let stream = stream_from_path(stream)?;
+async fn read_events(api: &Api, stream: StreamName, query: &str) -> Result<Response, ApiError> {
     let page = parse_page(query)?;
     let (events, start) = match page {
         Page::After { after, limit } => {
@@ -112,8 +137,7 @@ async fn read_events(api: Api, stream: &str, query: &str) -> Result<Response, Ap
     Ok(warp::reply::json(&page).into_response())
 }
 
-async fn read_event(api: Api, stream: &str, id: &str) -> Result<Response, ApiError> {
-    let stream = stream_from_path(stream)?;
+async fn read_event(api: &Api, stream: StreamName, id: &str) -> Result<Response, ApiError> {
     let id = EventId::parse(id).ok_or_else(|| {
         ApiError::bad_request(format!("event id must be a decimal number, got {id:?}"))
     })?;

@@ -7,8 +7,9 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::auth;
 use super::error::{respond, ApiError};
-use super::{read_body, stream_from_path, with_api, Api};
+use super::{read_body, readable_stream, with_api, writable_stream, Api};
 use crate::broker::RetentionInfo;
 
 /// A retention body is a few numbers.
@@ -17,11 +18,12 @@ const MAX_SETTINGS_BODY: usize = 4096;
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let delete = warp::path!("streams" / String)
         .and(warp::delete())
+        .and(auth::publisher(api.clone()))
         .and(with_api(api.clone()))
-        .then(|stream: String, api: Api| async move {
+        .then(|stream: String, grant, api: Api| async move {
             respond(
                 async {
-                    let stream = stream_from_path(&stream)?;
+                    let stream = writable_stream(&api, &stream, grant)?;
                     api.broker.delete(&stream).await?;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
@@ -30,11 +32,12 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         });
     let close = warp::path!("streams" / String / "close")
         .and(warp::post())
+        .and(auth::publisher(api.clone()))
         .and(with_api(api.clone()))
-        .then(|stream: String, api: Api| async move {
+        .then(|stream: String, grant, api: Api| async move {
             respond(
                 async {
-                    let stream = stream_from_path(&stream)?;
+                    let stream = writable_stream(&api, &stream, grant)?;
                     api.broker.seal(&stream).await?;
                     Ok(warp::reply::json(&api.broker.stream_info(&stream)).into_response())
                 }
@@ -43,22 +46,24 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         });
     let get_retention = warp::path!("streams" / String / "retention")
         .and(warp::get())
+        .and(auth::reader(api.clone()))
         .and(with_api(api.clone()))
-        .map(|stream: String, api: Api| {
-            respond(stream_from_path(&stream).map(|stream| {
+        .map(|stream: String, grant, api: Api| {
+            respond(readable_stream(&api, &stream, grant).map(|stream| {
                 warp::reply::json(&RetentionBody::from(api.broker.retention(&stream)))
                     .into_response()
             }))
         });
     let put_retention = warp::path!("streams" / String / "retention")
         .and(warp::put())
+        .and(auth::publisher(api.clone()))
         .and(warp::body::stream())
         .and(with_api(api))
-        .then(|stream: String, body, api: Api| async move {
+        .then(|stream: String, grant, body, api: Api| async move {
             respond(
                 async {
-                    let stream = stream_from_path(&stream)?;
-                    let body = read_body(body, MAX_SETTINGS_BODY).await?;
+                    let stream = writable_stream(&api, &stream, grant)?;
+                    let body = read_body(body, MAX_SETTINGS_BODY, api.options.idle_timeout).await?;
                     let wanted = parse_retention(&body)?;
                     let info = api
                         .broker

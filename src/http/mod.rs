@@ -3,14 +3,18 @@
 //! Handlers validate everything a client sends, call the broker, and turn any failure into the
 //! JSON error of [`error`]. Nothing here touches the log directly.
 
+pub mod auth;
 pub mod error;
 mod history;
 mod lifecycle;
+pub mod limits;
+pub mod listener;
 mod presence;
 mod publish;
 mod sse;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +27,9 @@ use warp::Filter;
 
 use crate::broker::event::StreamName;
 use crate::broker::Broker;
+use auth::Access;
 use error::ApiError;
+use limits::ConnectionLimits;
 
 /// What an idle connection is sent after the heartbeat interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +54,19 @@ pub struct HttpOptions {
     pub retry_ms: u64,
     /// On shutdown, clients are told to come back after a random delay up to this long.
     pub shutdown_retry_window: Duration,
+    /// Who may publish and read.
+    pub access: Access,
+    /// Most open SSE subscriptions, server-wide; `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// Most open SSE subscriptions from one client address; `None`: no limit.
+    pub max_connections_per_ip: Option<usize>,
+    /// Browser origins allowed to call herald from their pages (CORS); `*` for any.
+    pub cors_origins: Vec<String>,
+    /// A connection that sends no request for this long, or stalls mid-body this long, is
+    /// closed.
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for HttpOptions {
@@ -60,17 +79,29 @@ impl Default for HttpOptions {
             heartbeat_style: HeartbeatStyle::Comment,
             retry_ms: 3000,
             shutdown_retry_window: Duration::from_secs(10),
+            access: Access::default(),
+            max_connections: None,
+            max_connections_per_ip: None,
+            cors_origins: Vec::new(),
+            idle_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
         }
     }
 }
 
-/// What every handler gets: the broker, the options, and the shutdown signal.
+/// What every handler gets: the broker, the options, the subscription counts, and the
+/// shutdown signal.
 #[derive(Clone)]
 pub struct Api {
     pub broker: Broker,
     pub options: Arc<HttpOptions>,
+    pub limits: Arc<ConnectionLimits>,
     shutdown: watch::Receiver<bool>,
 }
+
+/// The client's address, put on each request by the [`listener`].
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Tells every open SSE response to send its clients a jittered `retry:` and end.
 pub struct ShutdownSignal(watch::Sender<bool>);
@@ -84,9 +115,11 @@ impl ShutdownSignal {
 impl Api {
     pub fn new(broker: Broker, options: HttpOptions) -> (Api, ShutdownSignal) {
         let (tx, rx) = watch::channel(false);
+        let limits = ConnectionLimits::new(options.max_connections, options.max_connections_per_ip);
         let api = Api {
             broker,
             options: Arc::new(options),
+            limits: Arc::new(limits),
             shutdown: rx,
         };
         (api, ShutdownSignal(tx))
@@ -125,10 +158,16 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .recover(error::recover)
         .unify()
+        .map(auth::challenge)
 }
 
 fn with_api(api: Api) -> impl Filter<Extract = (Api,), Error = Infallible> + Clone {
     warp::any().map(move || api.clone())
+}
+
+/// The client's address, when the request came through herald's own listener.
+fn peer_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<PeerAddr>().map(|peer: Option<PeerAddr>| peer.map(|p| p.0))
 }
 
 /// The query string, or "" when there is none.
@@ -151,9 +190,34 @@ fn stream_from_path(segment: &str) -> Result<StreamName, ApiError> {
     Ok(StreamName::new(&decoded)?)
 }
 
+/// The path's stream, when `grant` may read it (credentials are checked before the name).
+fn readable_stream(
+    api: &Api,
+    segment: &str,
+    grant: Result<auth::Grant, ApiError>,
+) -> Result<StreamName, ApiError> {
+    let grant = grant?;
+    let stream = stream_from_path(segment)?;
+    api.options.access.check_read(&grant, &stream)?;
+    Ok(stream)
+}
+
+/// The path's stream, when `grant` may publish to (close, delete, configure) it.
+fn writable_stream(
+    api: &Api,
+    segment: &str,
+    grant: Result<auth::Grant, ApiError>,
+) -> Result<StreamName, ApiError> {
+    let grant = grant?;
+    let stream = stream_from_path(segment)?;
+    api.options.access.check_publish(&grant, &stream)?;
+    Ok(stream)
+}
+
 /// Reads a request body, refusing it with 413 as soon as it passes `limit` bytes, so an
-/// oversized body is never held in memory whole. Works for chunked bodies too.
-async fn read_body<S, B>(body: S, limit: usize) -> Result<Bytes, ApiError>
+/// oversized body is never held in memory whole. Works for chunked bodies too. A body that
+/// stalls for `idle` is refused with 408, so a trickling client cannot hold a request open.
+async fn read_body<S, B>(body: S, limit: usize, idle: Duration) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -166,7 +230,17 @@ where
     };
     let mut body = std::pin::pin!(body);
     let mut collected = BytesMut::new();
-    while let Some(chunk) = body.next().await {
+    loop {
+        let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body stalled for {} s; send it whole",
+                    idle.as_secs_f64()
+                ),
+            )
+        })?;
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
         if collected.len() + chunk.remaining() > limit {

@@ -4,15 +4,17 @@
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::auth;
 use super::error::respond;
-use super::{stream_from_path, with_api, Api};
+use super::{readable_stream, with_api, Api};
 
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("streams" / String / "presence")
         .and(warp::get())
+        .and(auth::reader(api.clone()))
         .and(with_api(api))
-        .map(|stream: String, api: Api| {
-            respond(stream_from_path(&stream).map(|stream| {
+        .map(|stream: String, grant, api: Api| {
+            respond(readable_stream(&api, &stream, grant).map(|stream| {
                 warp::reply::json(&api.broker.presence().members(&stream)).into_response()
             }))
         })

@@ -7,6 +7,7 @@ use warp::http::{header, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
 use super::{query_pairs, raw_query, read_body, stream_from_path, with_api, Api};
 use crate::broker::event::{EventType, NewEvent, StreamName};
@@ -22,21 +23,30 @@ pub fn routes(
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
         .and(raw_query())
+        .and(auth::publisher(api.clone()))
         .and(warp::body::stream())
         .and(with_api(api.clone()))
         .then(
-            |stream: String, ctype, length, query: String, body, api: Api| async move {
-                respond(publish_one(api, stream, ctype, length, query, body).await)
+            |stream: String, ctype, length, query: String, grant, body, api: Api| async move {
+                let request = PublishRequest {
+                    stream,
+                    content_type: ctype,
+                    length,
+                    query,
+                    grant,
+                };
+                respond(publish_one(api, request, body).await)
             },
         );
     let batch = warp::path!("publish")
         .and(warp::post())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
+        .and(auth::publisher(api.clone()))
         .and(warp::body::stream())
         .and(with_api(api))
-        .then(|ctype, length, body, api: Api| async move {
-            respond(publish_batch(api, ctype, length, body).await)
+        .then(|ctype, length, grant, body, api: Api| async move {
+            respond(publish_batch(api, ctype, length, grant, body).await)
         });
     one.or(batch).unify()
 }
@@ -82,19 +92,31 @@ fn check_declared_length(length: Option<u64>, limit: usize) -> Result<(), ApiErr
     }
 }
 
-async fn publish_one<S, B>(
-    api: Api,
+/// `POST /streams/{stream}` as it arrived, before its body is read.
+struct PublishRequest {
     stream: String,
     content_type: Option<String>,
     length: Option<u64>,
     query: String,
-    body: S,
-) -> Result<Response, ApiError>
+    grant: Result<Grant, ApiError>,
+}
+
+async fn publish_one<S, B>(api: Api, request: PublishRequest, body: S) -> Result<Response, ApiError>
 where
     S: futures::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
 {
+    let PublishRequest {
+        stream,
+        content_type,
+        length,
+        query,
+        grant,
+    } = request;
+    // Credentials first: an unauthorised body is never read.
+    let grant = grant?;
     let stream = stream_from_path(&stream)?;
+    api.options.access.check_publish(&grant, &stream)?;
     let max_data = api.options.max_data_bytes;
     let kind = body_kind(content_type.as_deref())?;
     let limit = match kind {
@@ -108,7 +130,7 @@ where
             query_event = Some(EventType::new(&value)?);
         }
     }
-    let body = read_body(body, limit).await?;
+    let body = read_body(body, limit, api.options.idle_timeout).await?;
     let event = match kind {
         BodyKind::Raw => NewEvent {
             stream,
@@ -134,12 +156,14 @@ async fn publish_batch<S, B>(
     api: Api,
     content_type: Option<String>,
     length: Option<u64>,
+    grant: Result<Grant, ApiError>,
     body: S,
 ) -> Result<Response, ApiError>
 where
     S: futures::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
 {
+    let grant = grant?;
     if body_kind(content_type.as_deref())? != BodyKind::Json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -148,7 +172,7 @@ where
     }
     let limit = api.options.max_batch_bytes;
     check_declared_length(length, limit)?;
-    let body = read_body(body, limit).await?;
+    let body = read_body(body, limit, api.options.idle_timeout).await?;
     let items: Vec<Value> = match serde_json::from_slice(&body) {
         Ok(Value::Array(items)) => items,
         Ok(_) => {
@@ -175,7 +199,12 @@ where
                 r#"must be an object like {"stream": "name", "data": "..."}"#,
             )));
         };
-        events.push(event_from_json(&object, None, api.options.max_data_bytes, None).map_err(at)?);
+        let event = event_from_json(&object, None, api.options.max_data_bytes, None).map_err(at)?;
+        api.options
+            .access
+            .check_publish(&grant, &event.stream)
+            .map_err(at)?;
+        events.push(event);
     }
     let published = api.broker.publish_batch(events).await?;
     let ids: Vec<String> = published.iter().map(|e| e.id.to_string()).collect();

@@ -10,8 +10,14 @@
 //! `presence=1` adds the streams' join and leave frames. A subscription whose streams are all
 //! sealed ends the response; one that could only ever wait on sealed streams is answered
 //! `204 No Content`, which tells `EventSource` to stop reconnecting.
+//!
+//! Before anything is sent, the reader's credentials must cover every private stream it names
+//! (`auth.rs`), and the subscription must find room under the connection caps (`limits.rs`). A
+//! response whose token carries `exp` ends when the token does; the browser reconnects with
+//! whatever token it holds by then.
 
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -21,8 +27,10 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
-use super::{query_pairs, raw_query, with_api, Api, HeartbeatStyle};
+use super::limits::{turned_away, Slot};
+use super::{peer_addr, query_pairs, raw_query, with_api, Api, HeartbeatStyle};
 use crate::broker::event::{EventId, StreamName};
 use crate::broker::presence::{ChangeKind, ClientId, PresenceChange, PresenceGuard, PresenceWatch};
 use crate::broker::{Closed, Delivery, Gap, StartAt, Subscription};
@@ -32,10 +40,36 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         .and(warp::get())
         .and(raw_query())
         .and(warp::header::optional::<String>("last-event-id"))
+        .and(warp::header::optional::<String>("accept"))
+        .and(auth::reader(api.clone()))
+        .and(peer_addr())
         .and(with_api(api))
-        .map(|query: String, last_event_id: Option<String>, api: Api| {
-            respond(subscribe(api, &query, last_event_id.as_deref()))
-        })
+        .map(
+            |query: String,
+             last_event_id: Option<String>,
+             accept: Option<String>,
+             grant,
+             peer,
+             api| {
+                let request = Request {
+                    query,
+                    last_event_id,
+                    accepts_event_stream: accept.is_some_and(|a| a.contains("text/event-stream")),
+                    grant,
+                    peer,
+                };
+                respond(subscribe(api, request))
+            },
+        )
+}
+
+/// A `GET /sse` request as it arrived.
+struct Request {
+    query: String,
+    last_event_id: Option<String>,
+    accepts_event_stream: bool,
+    grant: Result<Grant, ApiError>,
+    peer: Option<SocketAddr>,
 }
 
 /// A parsed `GET /sse` request.
@@ -113,28 +147,45 @@ fn parse_request(
     })
 }
 
-fn subscribe(api: Api, query: &str, last_event_id: Option<&str>) -> Result<Response, ApiError> {
+fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
+    let grant = arrived.grant?;
     let request = parse_request(
-        query,
-        last_event_id,
+        &arrived.query,
+        arrived.last_event_id.as_deref(),
         api.options.max_streams_per_subscription,
     )?;
+    let access = &api.options.access;
+    for stream in &request.streams {
+        access.check_read(&grant, stream)?;
+    }
+    let client = access.presence_id(&grant, request.client)?;
     let subscription = api.broker.subscribe(request.streams, request.start);
     if subscription.is_finished() {
         // Only sealed streams, nothing left to send: the one answer that makes EventSource stop.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    let slot = match api.limits.acquire(arrived.peer.map(|p| p.ip())) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::warn!(peer = ?arrived.peer, ?full, "subscriber turned away");
+            return Ok(turned_away(
+                full,
+                arrived.accepts_event_stream,
+                api.options.shutdown_retry_window,
+            ));
+        }
+    };
     let presence = api.broker.presence();
     // Watch before joining, so a watcher sees its own join.
     let watch = request
         .presence
         .then(|| presence.watch(subscription.streams()));
-    let member = request
-        .client
-        .map(|client| presence.connect(subscription.streams(), client));
+    let member = client.map(|client| presence.connect(subscription.streams(), client));
     let mut body = SseBody::new(&api, subscription, request.envelope);
     body.watch = watch;
     body.member = member;
+    body.slot = Some(slot);
+    body.expires = grant.expires().map(token_deadline);
     let body = body.into_stream();
     let mut response = warp::reply::stream(body).into_response();
     *response.status_mut() = StatusCode::OK;
@@ -204,6 +255,10 @@ struct SseBody {
     watch: Option<PresenceWatch>,
     /// Presence membership, with `client=`; dropped with the body.
     member: Option<PresenceGuard>,
+    /// This subscription's place under the connection caps; given back with the body.
+    slot: Option<Slot>,
+    /// When the reader's token expires.
+    expires: Option<tokio::time::Instant>,
 }
 
 impl SseBody {
@@ -224,6 +279,8 @@ impl SseBody {
             ended: false,
             watch: None,
             member: None,
+            slot: None,
+            expires: None,
         }
     }
 
@@ -241,6 +298,10 @@ impl SseBody {
             _ = self.shutdown.wait_for(|stop| *stop) => {
                 self.ended = true;
                 Some(come_back_later(retry_window))
+            }
+            _ = until(self.expires) => {
+                self.ended = true;
+                Some(Bytes::from_static(b": token expired\n\n"))
             }
             change = next_change(&mut self.watch) => Some(presence_frame(&change)),
             next = tokio::time::timeout(self.heartbeat, self.subscription.next()) => match next {
@@ -267,6 +328,23 @@ impl SseBody {
         futures::stream::unfold(self, |mut body| async move {
             body.next_frame().await.map(|frame| (Ok(frame), body))
         })
+    }
+}
+
+/// The moment an SSE response must end for a token that expires at `exp` (with the same
+/// leeway the token check allows).
+fn token_deadline(exp: SystemTime) -> tokio::time::Instant {
+    let left = exp
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left + Duration::from_secs(auth::LEEWAY_SECS)
+}
+
+/// Resolves at `deadline`; never, without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
