@@ -6,9 +6,8 @@ use clap::Parser;
 use herald::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
-/// warp logs every client that goes away mid-response (the normal end of an SSE connection) as
-/// an error; herald logs connects and disconnects itself, so that line is only noise.
-const DEFAULT_LOG: &str = "herald=info,warp::server=off,warn";
+/// herald's own lines at info (connects, disconnects, start and stop), others' warnings.
+const DEFAULT_LOG: &str = "herald=info,warn";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

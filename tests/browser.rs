@@ -35,3 +35,8 @@ fn eventsource_in_chromium_gets_exact_data_and_resumes_after_kill_9() {
 fn eventsource_in_chromium_stops_for_good_after_a_seal() {
     run_browser_script("seal.mjs");
 }
+
+#[test]
+fn a_listed_origin_reads_a_private_stream_with_its_cookie_and_others_get_nothing() {
+    run_browser_script("cors.mjs");
+}

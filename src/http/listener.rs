@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_layer::Layer;
 use tower_service::Service;
-use warp::http::{header, HeaderValue, Method};
+use warp::http::{header, HeaderMap, HeaderValue, Method};
 
 use super::{routes, Api, HttpOptions, PeerAddr};
 
@@ -46,8 +46,12 @@ pub async fn serve(listener: TcpListener, api: Api, stop: impl Future<Output = (
         let service = service.clone();
         let per_request = service_fn(move |mut request| {
             request.extensions_mut().insert(PeerAddr(peer));
-            let mut service = service.clone();
-            service.call(request)
+            let answer = service.clone().call(request);
+            async move {
+                let mut response = answer.await?;
+                only_for_allowed_origins(response.headers_mut());
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let connection =
             http1_builder(&options).serve_connection(TokioIo::new(socket), per_request);
@@ -91,6 +95,24 @@ pub fn cors(origins: &[String]) -> CorsLayer {
     layer
         .allow_origin(AllowOrigin::list(listed))
         .allow_credentials(true)
+}
+
+/// tower-http sends its credential, method and header rules even to an origin it does not
+/// allow; those headers are harmless without `Access-Control-Allow-Origin`, but an unlisted
+/// origin should learn nothing, so they go.
+fn only_for_allowed_origins(headers: &mut HeaderMap) {
+    if headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        return;
+    }
+    for name in [
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        header::ACCESS_CONTROL_MAX_AGE,
+    ] {
+        headers.remove(name);
+    }
 }
 
 /// Accepting fails mostly when the process is out of file descriptors: pause instead of

@@ -1,0 +1,446 @@
+//! Who may publish and read, against the real server: the publish token, JWT claims, private
+//! streams, presence ids from `sub`, tokens that expire mid-connection, and the refusal to
+//! run an open publish API on a public address.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
+const PUBLISH_TOKEN: &str = "backend-publish-token";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn jwt(claims: Value) -> String {
+    jwt_signed(SECRET, claims)
+}
+
+fn jwt_signed(secret: &str, claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// POSTs `data` to a stream with an optional bearer token; the status and the JSON body.
+async fn post(server: &Server, stream: &str, bearer: Option<&str>) -> (StatusCode, Value) {
+    let mut request = client()
+        .post(server.at(&format!("/streams/{stream}")))
+        .body("hello");
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+/// A GET with an optional bearer token; the status and the JSON body (Null for an SSE body).
+async fn get(server: &Server, path: &str, bearer: Option<&str>) -> (StatusCode, Value) {
+    let mut request = client().get(server.at(path));
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let json = if response.headers()["content-type"] == "application/json" {
+        response.json().await.unwrap()
+    } else {
+        Value::Null
+    };
+    (status, json)
+}
+
+fn error_of(body: &Value) -> &str {
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON error in {body}"))
+}
+
+async fn length_of(server: &Server, stream: &str) -> u64 {
+    let (status, info) = get(server, &format!("/streams/{stream}"), Some(PUBLISH_TOKEN)).await;
+    assert_eq!(status, 200);
+    info["length"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn the_publish_token_guards_every_write_and_nothing_refused_is_stored() {
+    let server = Server::start(&["--publish-token", PUBLISH_TOKEN]);
+    let c = client();
+
+    let (status, body) = post(&server, "news", None).await;
+    assert_eq!(status, 401);
+    assert!(error_of(&body).contains("Authorization: Bearer"));
+    let response = c
+        .post(server.at("/streams/news"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"herald\""
+    );
+    let (status, body) = post(&server, "news", Some("backend-publish-tokeN")).await;
+    assert_eq!(status, 401);
+    assert!(error_of(&body).contains("not the publish token"));
+    let basic = c
+        .post(server.at("/streams/news"))
+        .basic_auth("user", Some(PUBLISH_TOKEN))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 401);
+    let batch = c
+        .post(server.at("/publish"))
+        .json(&json!([{"stream": "news", "data": "x"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 401);
+    assert_eq!(
+        length_of(&server, "news").await,
+        0,
+        "nothing refused is stored"
+    );
+
+    let (status, _) = post(&server, "news", Some(PUBLISH_TOKEN)).await;
+    assert_eq!(status, 201);
+
+    // Closing, deleting and retention are writes too.
+    let writes = [
+        c.post(server.at("/streams/news/close")),
+        c.delete(server.at("/streams/news")),
+        c.put(server.at("/streams/news/retention"))
+            .json(&json!({"max_len": 1})),
+    ];
+    for request in writes {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        let body: Value = response.json().await.unwrap();
+        error_of(&body);
+    }
+    let info = get(&server, "/streams/news", None).await.1;
+    assert_eq!(info["length"], 1);
+    assert_eq!(info["sealed"], false);
+
+    // Reading a public stream needs nothing.
+    let (status, page) = get(&server, "/streams/news/events", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(page_ids(&page).len(), 1);
+    let mut events = subscribe(&server, "stream=news&last_id=0", None).await;
+    assert_eq!(take(&mut events, 1).await[0].data, "hello");
+
+    let retention = c
+        .put(server.at("/streams/news/retention"))
+        .bearer_auth(PUBLISH_TOKEN)
+        .json(&json!({"max_len": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retention.status(), 200);
+    let close = c
+        .post(server.at("/streams/news/close"))
+        .bearer_auth(PUBLISH_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(close.status(), 200);
+    let delete = c
+        .delete(server.at("/streams/news"))
+        .bearer_auth(PUBLISH_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 204);
+}
+
+#[tokio::test]
+async fn a_token_for_stream_a_fails_on_stream_b() {
+    let server = Server::start(&["--jwt-secret", SECRET]);
+    let c = client();
+    let token = jwt(json!({"publish": ["a", "chat:*"], "exp": now() + 600}));
+
+    assert_eq!(post(&server, "a", Some(&token)).await.0, 201);
+    assert_eq!(post(&server, "chat:lobby", Some(&token)).await.0, 201);
+    let (status, body) = post(&server, "b", Some(&token)).await;
+    assert_eq!(status, 403);
+    assert!(error_of(&body).contains("does not cover stream b"));
+    let (status, _) = post(&server, "chatter", Some(&token)).await;
+    assert_eq!(status, 403, "chat:* is a prefix, not a substring");
+
+    // A batch with one uncovered stream is refused whole.
+    let batch = c
+        .post(server.at("/publish"))
+        .bearer_auth(&token)
+        .json(&json!([{"stream": "a", "data": "1"}, {"stream": "b", "data": "2"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 403);
+    let body: Value = batch.json().await.unwrap();
+    assert!(error_of(&body).starts_with("event 1:"), "{body}");
+    assert_eq!(get(&server, "/streams/a", None).await.1["length"], 1);
+    assert_eq!(get(&server, "/streams/b", None).await.1["length"], 0);
+
+    // Closing or deleting b is not covered either.
+    let close = c
+        .post(server.at("/streams/b/close"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(close.status(), 403);
+
+    // A subscribe-only token cannot publish.
+    let reader = jwt(json!({"subscribe": ["*"]}));
+    assert_eq!(post(&server, "a", Some(&reader)).await.0, 403);
+}
+
+#[tokio::test]
+async fn expired_forged_and_misplaced_tokens_are_401() {
+    let server = Server::start(&["--jwt-secret", SECRET]);
+    let c = client();
+    let claims = json!({"publish": ["*"], "subscribe": ["*"]});
+
+    let expired = jwt(json!({"publish": ["*"], "exp": now() - 120}));
+    let (status, body) = post(&server, "a", Some(&expired)).await;
+    assert_eq!(status, 401);
+    assert!(error_of(&body).contains("expired"));
+
+    let forged = jwt_signed("another-secret-of-at-least-32-bytes", claims.clone());
+    let (status, body) = post(&server, "a", Some(&forged)).await;
+    assert_eq!(status, 401);
+    assert!(error_of(&body).contains("signature"));
+
+    // A signature with the right secret on a tampered payload fails too.
+    let good = jwt(json!({"publish": ["a"]}));
+    let parts: Vec<&str> = good.split('.').collect();
+    let tampered_payload = jwt(claims.clone());
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        tampered_payload.split('.').nth(1).unwrap(),
+        parts[2]
+    );
+    assert_eq!(post(&server, "b", Some(&tampered)).await.0, 401);
+
+    assert_eq!(post(&server, "a", Some("garbage")).await.0, 401);
+
+    // Publishing takes the header only: a cookie or a query token could be abused cross-site.
+    let valid = jwt(claims);
+    let by_cookie = c
+        .post(server.at("/streams/a"))
+        .header("cookie", format!("herald_token={valid}"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 401);
+    let by_query = c
+        .post(server.at(&format!("/streams/a?token={valid}")))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status(), 401);
+    assert_eq!(get(&server, "/streams/a", None).await.1["length"], 0);
+
+    // An expired token on a read of a public stream is also refused: it is wrong, not absent.
+    let (status, body) = get(
+        &server,
+        &format!("/sse?stream=public&token={expired}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(error_of(&body).contains("expired"));
+}
+
+#[tokio::test]
+async fn private_streams_need_a_covering_subscribe_claim_for_sse_history_and_presence() {
+    let server = Server::start(&[
+        "--jwt-secret",
+        SECRET,
+        "--publish-token",
+        PUBLISH_TOKEN,
+        "--private",
+        "user:*",
+    ]);
+    assert_eq!(post(&server, "user:1", Some(PUBLISH_TOKEN)).await.0, 201);
+    assert_eq!(post(&server, "public", Some(PUBLISH_TOKEN)).await.0, 201);
+    let mine = jwt(json!({"subscribe": ["user:1"], "exp": now() + 600}));
+    let theirs = jwt(json!({"subscribe": ["user:2"]}));
+
+    let paths = [
+        "/sse?stream=user:1&last_id=0",
+        "/sse?stream=public&stream=user:1",
+        "/streams/user:1",
+        "/streams/user:1/events",
+        "/streams/user:1/events?last=1",
+        "/streams/user:1/events/1",
+        "/streams/user:1/presence",
+        "/streams/user:1/retention",
+    ];
+    for path in paths {
+        let (status, body) = get(&server, path, None).await;
+        assert_eq!(status, 401, "{path} without a token");
+        assert!(error_of(&body).contains("private"), "{path}: {body}");
+        let (status, body) = get(&server, path, Some(&theirs)).await;
+        assert_eq!(status, 403, "{path} with a token for user:2");
+        assert!(error_of(&body).contains("does not cover"), "{path}: {body}");
+        let (status, _) = get(&server, path, Some(&mine)).await;
+        assert_eq!(status, 200, "{path} with a covering token");
+    }
+
+    // A public stream is readable by anyone, with or without a token.
+    assert_eq!(get(&server, "/streams/public/events", None).await.0, 200);
+    assert_eq!(
+        get(&server, "/streams/public/events", Some(&theirs))
+            .await
+            .0,
+        200
+    );
+
+    // The listing leaves out private streams the caller may not read.
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&get(&server, "/streams", None).await.1), ["public"]);
+    assert_eq!(
+        names(&get(&server, "/streams", Some(&theirs)).await.1),
+        ["public"]
+    );
+    let mut all = names(&get(&server, "/streams", Some(&mine)).await.1);
+    all.sort();
+    assert_eq!(all, ["public", "user:1"]);
+
+    // Each way a browser can carry the token works for SSE: header, cookie, query.
+    let by_cookie = client()
+        .get(server.at("/sse?stream=user:1&last_id=0"))
+        .header("cookie", format!("theme=dark; herald_token={mine}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 200);
+    drop(by_cookie);
+    let mut by_query = subscribe(
+        &server,
+        &format!("stream=user:1&last_id=0&token={mine}"),
+        None,
+    )
+    .await;
+    assert_eq!(take(&mut by_query, 1).await[0].data, "hello");
+}
+
+#[tokio::test]
+async fn presence_ids_come_from_the_token_sub() {
+    let server = Server::start(&["--jwt-secret", SECRET, "--presence-grace", "0"]);
+    let alice = jwt(json!({"sub": "alice", "subscribe": ["room"]}));
+
+    // The token's sub makes the connection a member, with no client= at all.
+    let member = RawSse::open(&server, &format!("stream=room&token={alice}"), None).await;
+    assert_eq!(member.status, 200);
+    eventually("alice is online", Duration::from_secs(5), || async {
+        presence(&server, "room").await["clients"][0]["client"] == "alice"
+    })
+    .await;
+
+    // Nobody can appear as someone else.
+    let (status, body) = get(
+        &server,
+        &format!("/sse?stream=room&client=mallory&token={alice}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(error_of(&body).contains("does not match"));
+    let (status, _) = get(&server, "/sse?stream=room&client=alice", None).await;
+    assert_eq!(status, 401, "client= without a token");
+    let same = RawSse::open(
+        &server,
+        &format!("stream=room&client=alice&token={alice}"),
+        None,
+    )
+    .await;
+    assert_eq!(same.status, 200);
+
+    // Without client= and without a token: an anonymous reader, not a member.
+    let anonymous = RawSse::open(&server, "stream=room", None).await;
+    assert_eq!(anonymous.status, 200);
+    let now = presence(&server, "room").await;
+    assert_eq!(now["count"], 1);
+    assert_eq!(now["clients"][0]["connections"], 2);
+}
+
+#[tokio::test]
+async fn an_sse_response_ends_when_its_token_expires() {
+    let server = Server::start(&["--jwt-secret", SECRET]);
+    // herald allows 10 s of clock skew: this token, expired 8 s ago, is good for 2 s more.
+    let short = jwt(json!({"subscribe": ["*"], "exp": now() - 8}));
+    let long = jwt(json!({"subscribe": ["*"], "exp": now() + 600}));
+    let ending = RawSse::open(&server, &format!("stream=s&token={short}"), None).await;
+    let staying = RawSse::open(&server, &format!("stream=s&token={long}"), None).await;
+    assert_eq!((ending.status, staying.status), (200, 200));
+    let text = ending.wait_end().await;
+    assert!(text.contains(": token expired"), "{text:?}");
+    assert!(!staying.ended());
+    // Its reconnect, with the same token, is refused for good.
+    let (status, body) = get(&server, &format!("/sse?stream=s&token={short}"), None).await;
+    assert_eq!(status, 401);
+    assert!(error_of(&body).contains("expired"));
+}
+
+#[test]
+fn an_open_publish_api_is_refused_on_a_public_address() {
+    let run = |args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--listen", "0.0.0.0:0", "--memory"])
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A refusal exits at once; a server that started is stopped after its first line.
+        let mut first = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        (first, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (first, stderr) = run(&[]);
+    assert_eq!(first, "", "it did not start");
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap_or("")
+            .contains("refusing to listen on 0.0.0.0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--publish-token"));
+    let (first, _) = run(&["--publish-token", PUBLISH_TOKEN]);
+    assert!(first.starts_with("herald listening"), "{first}");
+    let (first, _) = run(&["--allow-public-publish"]);
+    assert!(first.starts_with("herald listening"), "{first}");
+}

@@ -1,0 +1,248 @@
+//! Hostile or careless clients, against the real server: the subscription caps (and the polite
+//! way an `EventSource` is turned away), oversized request heads, silent and trickling
+//! connections, and CORS for listed and unlisted origins.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// `GET /sse` with or without `Accept: text/event-stream`; status, headers and the whole body
+/// if the server ended it within 2 s (else what came so far).
+async fn sse_attempt(
+    server: &Server,
+    accept_event_stream: bool,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut request = client().get(server.at("/sse?stream=s"));
+    if accept_event_stream {
+        request = request.header("accept", "text/event-stream");
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(Duration::from_secs(2), response.text())
+        .await
+        .map(|b| b.unwrap())
+        .unwrap_or_else(|_| "<still open>".into());
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn beyond_max_connections_eventsource_is_told_to_retry_and_others_get_503() {
+    let server = Server::start(&["--max-connections", "2", "--shutdown-retry-window", "4"]);
+    let first = RawSse::open(&server, "stream=s", None).await;
+    let second = RawSse::open(&server, "stream=t", None).await;
+    assert_eq!((first.status, second.status), (200, 200));
+
+    // An EventSource gets 200, a retry: and an ended body: it will come back by itself.
+    let (status, headers, body) = sse_attempt(&server, true).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let retry: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("retry: "))
+        .unwrap_or_else(|| panic!("no retry in {body:?}"))
+        .parse()
+        .unwrap();
+    assert!((1000..5000).contains(&retry), "retry {retry}");
+    assert!(body.contains("limit of 2"), "{body:?}");
+    assert!(!body.contains("id:"), "no event is sent: {body:?}");
+
+    // Anything else gets 503, Retry-After and the JSON error.
+    let (status, headers, body) = sse_attempt(&server, false).await;
+    assert_eq!(status, 503);
+    let after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&after), "Retry-After {after}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert!(error["error"].as_str().unwrap().contains("limit of 2"));
+
+    // Publishers and readers are never locked out by subscribers.
+    let id = publish(&server, "s", "still publishing").await;
+    assert_eq!(get_json(&server, "/streams/s/events").await.0, 200);
+    first.wait_for(&format!("id: {id}")).await;
+
+    // A slot comes back when its subscriber goes.
+    drop(first);
+    eventually("a slot is free again", Duration::from_secs(5), || async {
+        sse_attempt(&server, false).await.0 == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_share() {
+    let server = Server::start(&["--max-connections-per-ip", "2"]);
+    let _a = RawSse::open(&server, "stream=s", None).await;
+    let _b = RawSse::open(&server, "stream=s", None).await;
+    let (status, _, body) = sse_attempt(&server, true).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("retry: "), "{body:?}");
+    let (status, headers, body) = sse_attempt(&server, false).await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"));
+    assert!(body.contains("this address already has 2"), "{body}");
+}
+
+fn address(server: &Server) -> String {
+    server.url.strip_prefix("http://").unwrap().to_owned()
+}
+
+/// Reads until the server closes the socket or `within` passes; what was read and whether the
+/// server closed it.
+fn read_until_closed(socket: &mut TcpStream, within: Duration) -> (String, bool) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match socket.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), false)
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431() {
+    let server = Server::start(&["--max-header-bytes", "4096"]);
+    let response = client()
+        .get(server.at("/streams"))
+        .header("x-padding", "p".repeat(8000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let fine = client()
+        .get(server.at("/streams"))
+        .header("x-padding", "p".repeat(2000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200);
+}
+
+#[tokio::test]
+async fn silent_and_trickling_connections_are_closed() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let address = address(&server);
+
+    // Connected, never sends a byte.
+    let mut silent = TcpStream::connect(&address).unwrap();
+    let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(4));
+    assert!(closed, "a silent connection is closed");
+
+    // One request, then an idle keep-alive connection.
+    let mut idle = TcpStream::connect(&address).unwrap();
+    write!(idle, "GET /healthz HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let (answer, closed) = read_until_closed(&mut idle, Duration::from_secs(4));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(closed, "an idle keep-alive connection is closed");
+
+    // A publish whose body stops halfway is refused with 408 and stores nothing.
+    let mut trickle = TcpStream::connect(&address).unwrap();
+    write!(
+        trickle,
+        "POST /streams/slow HTTP/1.1\r\nHost: {address}\r\nContent-Length: 10\r\n\r\nabc"
+    )
+    .unwrap();
+    let (answer, _) = read_until_closed(&mut trickle, Duration::from_secs(4));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("stalled"), "{answer:?}");
+    assert_eq!(get_json(&server, "/streams/slow").await.1["length"], 0);
+
+    // A subscriber is not idle: it sent its request, and its response goes on.
+    let sse = RawSse::open(&server, "stream=s", None).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!sse.ended());
+    let id = publish(&server, "s", "still here").await;
+    sse.wait_for(&format!("id: {id}")).await;
+}
+
+#[tokio::test]
+async fn cors_answers_listed_origins_with_credentials_and_no_one_else() {
+    let server = Server::start(&[
+        "--cors-origin",
+        "https://app.example",
+        "--cors-origin",
+        "http://localhost:3000",
+    ]);
+    let c = client();
+    let preflight = |origin: &'static str| {
+        c.request(reqwest::Method::OPTIONS, server.at("/streams/news"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert!(allowed.status().is_success());
+    let h = allowed.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert!(h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(!refused
+        .headers()
+        .contains_key("access-control-allow-origin"));
+    assert!(!refused
+        .headers()
+        .contains_key("access-control-allow-credentials"));
+
+    // Actual requests: the SSE response names the listed origin; an unlisted one gets nothing.
+    let sse = c
+        .get(server.at("/sse?stream=news"))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    assert_eq!(
+        sse.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    drop(sse);
+    let other = c
+        .get(server.at("/streams"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    // '*' allows any origin, never with credentials.
+    let any = Server::start(&["--cors-origin", "*"]);
+    let response = c
+        .get(any.at("/streams"))
+        .header("origin", "https://whoever.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    assert!(!response
+        .headers()
+        .contains_key("access-control-allow-credentials"));
+}
