@@ -246,3 +246,71 @@ async fn cors_answers_listed_origins_with_credentials_and_no_one_else() {
         .headers()
         .contains_key("access-control-allow-credentials"));
 }
+
+/// Sends `bytes` on a fresh connection and reads whatever comes back within a moment.
+fn send_raw(address: &str, bytes: &[u8]) -> String {
+    let Ok(mut socket) = TcpStream::connect(address) else {
+        panic!("herald stopped accepting connections");
+    };
+    let _ = socket.write_all(bytes);
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    read_until_closed(&mut socket, Duration::from_millis(500)).0
+}
+
+#[tokio::test]
+async fn garbage_on_the_wire_never_takes_the_server_down() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let address = address(&server);
+    let mut subscriber = subscribe(&server, "stream=s", None).await;
+    let host = format!("Host: {address}\r\n");
+    let malformed: Vec<Vec<u8>> = vec![
+        b"\r\n\r\n".to_vec(),
+        b"GET\r\n\r\n".to_vec(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+        format!("GET /sse?stream=%ff%fe HTTP/1.1\r\n{host}\r\n").into_bytes(),
+        format!("GET /sse?stream=s&last_id=99999999999999999999999 HTTP/1.1\r\n{host}\r\n").into_bytes(),
+        format!("GET /sse?stream=s HTTP/1.1\r\n{host}Last-Event-ID: \u{0}\r\n\r\n").into_bytes(),
+        [format!("GET /streams/s HTTP/1.1\r\n{host}X-Bad: ").as_bytes(), b"\xff\r\n\r\n"].concat(),
+        format!("POST /streams/s HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n").into_bytes(),
+        format!("POST /streams/s HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\nzz\r\n").into_bytes(),
+        format!("POST /streams/s HTTP/1.1\r\n{host}Content-Length: 3\r\nContent-Length: 5\r\n\r\nabcde").into_bytes(),
+        format!("POST /streams/s HTTP/1.1\r\n{host}Content-Length: -1\r\n\r\n").into_bytes(),
+        format!("POST /streams/s HTTP/1.1\r\n{host}Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").into_bytes(),
+        [format!("POST /streams/s HTTP/1.1\r\n{host}Content-Length: 2\r\n\r\n").as_bytes(), b"\xc3\x28"].concat(),
+        format!("POST /publish HTTP/1.1\r\n{host}Content-Type: application/json\r\nContent-Length: 1\r\n\r\n[").into_bytes(),
+        format!("DELETE /streams/%00 HTTP/1.1\r\n{host}\r\n").into_bytes(),
+        format!("GET /streams/{}/events HTTP/1.1\r\n{host}\r\n", "a".repeat(5000)).into_bytes(),
+    ];
+    for request in &malformed {
+        let answer = send_raw(&address, request);
+        // An answer, if any, is never a server error (an opaque header byte is legal: 200).
+        assert!(
+            answer.is_empty()
+                || answer.starts_with("HTTP/1.1 4")
+                || answer.starts_with("HTTP/1.1 2"),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    for _ in 0..300 {
+        let mut bytes: Vec<u8> = match rng.u8(0..3) {
+            0 => (0..rng.usize(0..512)).map(|_| rng.u8(..)).collect(),
+            1 => format!("GET /sse?stream=s HTTP/1.1\r\n{host}").into_bytes(),
+            _ => {
+                format!("POST /streams/s HTTP/1.1\r\n{host}Content-Length: 8\r\n\r\n").into_bytes()
+            }
+        };
+        bytes.extend((0..rng.usize(0..64)).map(|_| rng.u8(..)));
+        send_raw(&address, &bytes);
+    }
+    // Still up, still correct: health, publish, and the subscriber from before got every event.
+    assert_eq!(get_json(&server, "/healthz").await.0, 200);
+    let length = get_json(&server, "/streams/s").await.1["length"]
+        .as_u64()
+        .unwrap();
+    let id = publish(&server, "s", "after the garbage").await;
+    let got = take(&mut subscriber, length as usize + 1).await;
+    assert_eq!(got.last().unwrap().id, id.to_string());
+    assert_eq!(got.last().unwrap().data, "after the garbage");
+}

@@ -336,4 +336,104 @@ mod tests {
         assert_eq!(EventId::parse("18446744073709551616"), None);
         assert_eq!(EventId::parse(""), None);
     }
+
+    /// Data as publishers send it: any text, with every kind of line end mixed in.
+    fn any_data() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                any::<String>(),
+                Just("\n".to_owned()),
+                Just("\r".to_owned()),
+                Just("\r\n".to_owned()),
+                Just("data: ".to_owned()),
+                Just("id: 1".to_owned()),
+                Just(":".to_owned()),
+                Just(" ".to_owned()),
+            ],
+            0..12,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// Parses SSE bytes, delivered in two chunks split at `split`, with a real SSE parser.
+    fn parse(frame: &[u8], split: usize) -> Vec<eventsource_stream::Event> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let split = split.min(frame.len());
+        let chunks = vec![
+            Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(&frame[..split])),
+            Ok(Bytes::copy_from_slice(&frame[split..])),
+        ];
+        futures::executor::block_on(
+            futures::stream::iter(chunks)
+                .eventsource()
+                .map(|e| e.expect("the frame parses"))
+                .collect(),
+        )
+    }
+
+    proptest::proptest! {
+        /// Any data, any valid type, any id: exactly one event comes out, with the data
+        /// published (line ends normalised to LF), the id and the type. Nothing forges more.
+        #[test]
+        fn fuzz_sse_frames_round_trip_through_a_real_parser(
+            data in any_data(),
+            kind in proptest::option::of("[^\\p{Cc}:\\s][^\\p{Cc}]{0,20}"),
+            id in proptest::prelude::any::<u64>(),
+            split in 0usize..4096,
+        ) {
+            let kind = kind.map(|k| EventType::new(&k).expect("the strategy makes valid types"));
+            let frame = encode_frame(EventId(id), kind.as_ref(), &data);
+            let events = parse(&frame, split);
+            proptest::prop_assert_eq!(events.len(), 1);
+            let normalised = data.replace("\r\n", "\n").replace('\r', "\n");
+            proptest::prop_assert_eq!(&events[0].data, &normalised);
+            proptest::prop_assert_eq!(&events[0].id, &id.to_string());
+            let expected_type = kind.as_ref().map_or("message", |k| k.as_str());
+            proptest::prop_assert_eq!(events[0].event.as_str(), expected_type);
+        }
+
+        /// With `envelope=1` the data is JSON that gives back the event exactly, raw line ends
+        /// included.
+        #[test]
+        fn fuzz_envelopes_carry_the_exact_event(data in any_data(), id in 0u64..u64::MAX) {
+            let stream = StreamName::new("s:1").expect("valid");
+            let event = Event::new(EventId(id), stream, None, data.clone(), 1);
+            let events = parse(&event.sse_envelope_frame(), usize::MAX);
+            proptest::prop_assert_eq!(events.len(), 1);
+            let json: serde_json::Value = serde_json::from_str(&events[0].data).expect("JSON");
+            proptest::prop_assert_eq!(json["data"].as_str(), Some(data.as_str()));
+            let id = id.to_string();
+            proptest::prop_assert_eq!(json["id"].as_str(), Some(id.as_str()));
+        }
+
+        /// Every string either is a valid name or is refused; none panics, and a valid name
+        /// holds only the allowed characters.
+        #[test]
+        fn fuzz_names_types_and_ids_are_validated_without_panics(text in ".{0,200}") {
+            if let Ok(name) = StreamName::new(&text) {
+                proptest::prop_assert!(name.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b)));
+            }
+            if let Ok(kind) = EventType::new(&text) {
+                proptest::prop_assert!(!kind.as_str().contains(['\n', '\r']));
+            }
+            if let Some(id) = EventId::parse(&text) {
+                // Only digits parse, around white space (leading zeros are fine: "007" is 7).
+                let text = text.trim();
+                proptest::prop_assert!(text.bytes().all(|b| b.is_ascii_digit()));
+                let significant = text.trim_start_matches('0');
+                let expected = if significant.is_empty() { "0" } else { significant };
+                proptest::prop_assert_eq!(id.0.to_string(), expected);
+            }
+        }
+
+        #[test]
+        fn fuzz_every_id_round_trips_and_signs_are_refused(n in proptest::prelude::any::<u64>()) {
+            proptest::prop_assert_eq!(EventId::parse(&n.to_string()), Some(EventId(n)));
+            proptest::prop_assert_eq!(EventId::parse(&format!("+{n}")), None);
+            proptest::prop_assert_eq!(EventId::parse(&format!("-{n}")), None);
+            proptest::prop_assert_eq!(EventId::parse(&format!("{n}.0")), None);
+        }
+    }
 }

@@ -623,4 +623,39 @@ mod tests {
         assert_eq!(c.cookie.as_deref(), Some("t"));
         assert_eq!(c.query.as_deref(), Some("q"));
     }
+
+    proptest::proptest! {
+        /// No header, cookie or query a client sends panics, and none but the real secrets
+        /// earns more than `Anonymous`.
+        #[test]
+        fn fuzz_credentials_never_panic_and_never_grant_by_accident(
+            authorization in proptest::option::of(".{0,80}"),
+            cookie in ".{0,80}",
+            query in ".{0,80}",
+            pattern in ".{0,20}",
+        ) {
+            let access = Access::new(
+                Some("the-real-publish-token".into()),
+                Some("k".repeat(32)),
+                vec![StreamPattern::parse("p:*").expect("valid")],
+            );
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                headers.insert(header::COOKIE, value);
+            }
+            if let Some(Ok(value)) = authorization.as_deref().map(HeaderValue::from_str) {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            let credentials = Credentials::from_request(&headers, &query);
+            if let Ok(grant) = access.reader(&credentials) {
+                proptest::prop_assert!(matches!(grant, Grant::Anonymous));
+            }
+            if let Err(e) = access.publisher(authorization.as_deref()) {
+                proptest::prop_assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+            } else {
+                proptest::prop_assert!(false, "a random header was accepted");
+            }
+            let _ = StreamPattern::parse(&pattern);
+        }
+    }
 }

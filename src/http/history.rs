@@ -175,4 +175,16 @@ mod tests {
         assert!(parse_page("last=3&after=1").is_err());
         assert!(parse_page("after=abc").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn fuzz_page_queries_are_bounded_or_refused(query in ".{0,80}") {
+            match parse_page(&query) {
+                Ok(Page::After { limit, .. }) | Ok(Page::Last(limit)) => {
+                    proptest::prop_assert!((1..=MAX_LIMIT).contains(&limit))
+                }
+                Err(e) => proptest::prop_assert!(e.status.is_client_error()),
+            }
+        }
+    }
 }

@@ -316,4 +316,67 @@ mod tests {
         assert_eq!(event.data, r#"{"a":[1,2],"b":"x\ny"}"#);
         assert!(!event.data.contains('\n'));
     }
+
+    /// Bodies as a careless or hostile publisher sends them: random bytes, near-JSON, and JSON
+    /// objects with every kind of field.
+    fn any_body() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let json_value = prop_oneof![
+            any::<String>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+            proptest::collection::vec(any::<String>(), 0..3).prop_map(serde_json::Value::from),
+        ];
+        let object = proptest::collection::btree_map(
+            prop_oneof![
+                Just("data".to_owned()),
+                Just("event".to_owned()),
+                Just("stream".to_owned()),
+                "[a-z]{1,6}"
+            ],
+            json_value,
+            0..4,
+        )
+        .prop_map(|m| serde_json::to_vec(&m).unwrap_or_default());
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            object.clone(),
+            object.prop_map(|mut b| {
+                b.pop();
+                b
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// No body panics the parser; what it accepts has exactly the data that was sent.
+        #[test]
+        fn fuzz_publish_bodies_are_accepted_exactly_or_refused_with_4xx(
+            body in any_body(),
+            content_type in proptest::option::of(".{0,40}"),
+            max_data in 1usize..64,
+        ) {
+            let _ = body_kind(content_type.as_deref());
+            let stream = StreamName::new("s").expect("valid");
+            let parsed = json_object(&body)
+                .and_then(|object| event_from_json(&object, Some(stream), max_data, None));
+            match parsed {
+                Ok(event) => {
+                    proptest::prop_assert!(event.data.len() <= max_data);
+                    let sent: serde_json::Value = serde_json::from_slice(&body).expect("was JSON");
+                    match &sent["data"] {
+                        serde_json::Value::String(text) => proptest::prop_assert_eq!(&event.data, text),
+                        other => proptest::prop_assert_eq!(&event.data, &other.to_string()),
+                    }
+                }
+                Err(e) => proptest::prop_assert!(e.status.is_client_error(), "{:?}", e),
+            }
+            // The raw form: bytes are data exactly when they are UTF-8.
+            match utf8(body.clone()) {
+                Ok(text) => proptest::prop_assert_eq!(text.as_bytes(), &body[..]),
+                Err(e) => proptest::prop_assert!(std::str::from_utf8(&body).is_err() && e.status == StatusCode::BAD_REQUEST),
+            }
+        }
+    }
 }

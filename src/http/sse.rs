@@ -419,4 +419,50 @@ mod tests {
                 .envelope
         );
     }
+
+    /// Query strings as anything might send them: known and unknown keys, percent-encoded
+    /// values of any text.
+    fn any_query() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("stream"),
+            Just("last_id"),
+            Just("envelope"),
+            Just("presence"),
+            Just("client"),
+            Just("token"),
+            Just("x"),
+        ];
+        let value = prop_oneof![
+            "[a-z0-9:._-]{0,8}".boxed(),
+            any::<String>().boxed(),
+            any::<u64>().prop_map(|n| n.to_string()).boxed()
+        ];
+        proptest::collection::vec((key, value), 0..40).prop_map(|pairs| {
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs)
+                .finish()
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the query and Last-Event-ID, parsing never panics; an accepted request
+        /// names 1 to max valid streams, and a numeric Last-Event-ID is where it starts.
+        #[test]
+        fn fuzz_subscription_queries_and_last_event_ids(
+            query in any_query(),
+            raw in ".{0,60}",
+            header in proptest::option::of(proptest::prelude::any::<u64>()),
+            max in 1usize..8,
+        ) {
+            let _ = parse_request(&raw, Some(&raw), max);
+            let header_text = header.map(|n| n.to_string());
+            if let Ok(request) = parse_request(&query, header_text.as_deref(), max) {
+                proptest::prop_assert!((1..=max).contains(&request.streams.len()));
+                if let Some(n) = header {
+                    proptest::prop_assert_eq!(request.start, StartAt::After(EventId(n)));
+                }
+            }
+        }
+    }
 }
