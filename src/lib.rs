@@ -18,7 +18,9 @@
 //!   [`broker::log`] (the append-only log and its sled and memory backends), the writer (group
 //!   commit; seals and deletes), [`broker::fanout`] (live channels), [`broker::subscription`]
 //!   (catch-up + live), [`broker::presence`] (who is online).
-//! - [`http`] — warp filters, one file per surface, and the one JSON error type.
+//! - [`http`] — warp filters, one file per surface, and the one JSON error type; who may publish
+//!   and read ([`http::auth`]), subscription caps ([`http::limits`]), and the accept loop that
+//!   serves them ([`http::listener`]).
 //! - [`config`] — flags and environment variables into one [`config::Config`].
 //! - [`server`] — `herald serve`: listen, shut down cleanly.
 //!
