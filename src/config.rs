@@ -265,6 +265,13 @@ impl ServeArgs {
             .iter()
             .map(|p| StreamPattern::parse(p.trim()).map_err(|e| format!("--private: {}", e.0)))
             .collect::<Result<Vec<_>, _>>()?;
+        if !private.is_empty() && publish_token.is_none() && jwt_secret.is_none() {
+            return Err(
+                "--private needs --jwt-secret (or --publish-token): otherwise no one could read \
+                 those streams"
+                    .into(),
+            );
+        }
         Ok(Access::new(publish_token, jwt_secret, private))
     }
 }
@@ -384,7 +391,11 @@ mod tests {
         assert_eq!(ok.http.cors_origins.len(), 2);
         assert!(config(&["--jwt-secret", "short"]).is_err());
         assert!(config(&["--publish-token", " "]).is_err());
-        assert!(config(&["--private", "a/b"]).is_err());
+        assert!(config(&["--private", "a/b", "--jwt-secret", secret]).is_err());
+        assert!(
+            config(&["--private", "user:*"]).is_err(),
+            "no one could read it"
+        );
         assert!(config(&["--cors-origin", "https://a.example/path"]).is_err());
         assert!(config(&["--cors-origin", "https://a.example/"]).is_err());
         assert!(config(&["--cors-origin", "a.example"]).is_err());
