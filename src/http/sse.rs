@@ -167,7 +167,8 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
     let slot = match api.limits.acquire(arrived.peer.map(|p| p.ip())) {
         Ok(slot) => slot,
         Err(full) => {
-            tracing::warn!(peer = ?arrived.peer, ?full, "subscriber turned away");
+            // Debug only: under a flood this would be a line per attempt.
+            tracing::debug!(peer = ?arrived.peer, ?full, "subscriber turned away");
             return Ok(turned_away(
                 full,
                 arrived.accepts_event_stream,
