@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::broker::log::Retention;
 use crate::broker::{BrokerOptions, Durability, Storage};
+use crate::cli::publish::PublishArgs;
+use crate::cli::relay::RelayArgs;
+use crate::cli::subscribe::SubscribeArgs;
 use crate::http::auth::{Access, StreamPattern};
 use crate::http::{HeartbeatStyle, HttpOptions};
 
@@ -27,6 +30,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Publish one event (from the argument or stdin), or one per line of stdin; prints ids.
+    Publish(PublishArgs),
+    /// Print events of one or more streams as they arrive, resuming after drops.
+    Subscribe(SubscribeArgs),
+    /// Republish events from any SSE source (a Mastodon streaming API, say) into a stream.
+    Relay(RelayArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -23,6 +23,7 @@
 //!   serves them ([`http::listener`]).
 //! - [`config`] — flags and environment variables into one [`config::Config`].
 //! - [`server`] — `herald serve`: listen, shut down cleanly.
+//! - [`cli`] — `herald publish`, `subscribe` and `relay`: clients of the HTTP API.
 //!
 //! ## Embedding
 //! ```no_run
@@ -54,6 +55,7 @@
 //! ```
 
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod server;

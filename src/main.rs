@@ -20,6 +20,9 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
+        Some(Command::Publish(args)) => return client(herald::cli::publish::run(args)),
+        Some(Command::Subscribe(args)) => return client(herald::cli::subscribe::run(args)),
+        Some(Command::Relay(args)) => return client(herald::cli::relay::run(args)),
     };
     let config = match args.into_config() {
         Ok(config) => config,
@@ -30,6 +33,23 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     match runtime.block_on(herald::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// Runs a client subcommand on a small runtime; its error, if any, is the first line of stderr.
+fn client(
+    command: impl std::future::Future<Output = Result<(), herald::cli::CliError>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }

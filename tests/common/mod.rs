@@ -94,9 +94,14 @@ impl Drop for Server {
 }
 
 fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
+    // An ephemeral port, unless the test asks for a fixed one (to restart on the same address).
+    let listen = if extra.iter().any(|a| a == "--listen") {
+        vec![]
+    } else {
+        vec!["--listen", "127.0.0.1:0"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
+        .args(listen)
         .arg("--data")
         .arg(data)
         .args(extra)
@@ -119,6 +124,12 @@ fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_string();
     (child, url)
+}
+
+/// A port that was free a moment ago, for a server that must come back on the same address.
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    probe.local_addr().expect("addr").port()
 }
 
 pub fn client() -> reqwest::Client {
