@@ -306,7 +306,9 @@ async fn subscribe_resumes_after_a_kill_9_restart_with_last_event_id() {
 #[derive(Clone)]
 enum Script {
     /// Writes these bytes, then closes.
-    Raw(&'static str),
+    Raw(&'static [u8]),
+    /// Writes these bytes, then resets the connection (RST, not FIN).
+    Reset(&'static [u8]),
     /// An SSE response: these frames, then closes (`hold: false`) or stays open.
     Sse { frames: Vec<String>, hold: bool },
 }
@@ -364,7 +366,12 @@ impl FakeUpstream {
                     });
                     match script {
                         Script::Raw(bytes) => {
-                            let _ = socket.write_all(bytes.as_bytes()).await;
+                            let _ = socket.write_all(bytes).await;
+                        }
+                        Script::Reset(bytes) => {
+                            let _ = socket.write_all(bytes).await;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let _ = socket.set_linger(Some(Duration::ZERO));
                         }
                         Script::Sse { frames, hold } => {
                             let _ = socket
@@ -412,8 +419,12 @@ async fn stream_events(server: &Server, stream: &str) -> Vec<Value> {
 async fn relay_lands_every_chosen_event_exactly_once_through_drops_garbage_and_its_own_restart() {
     let server = Server::start(&[]);
     let upstream = FakeUpstream::start(vec![
-        Script::Raw("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"),
-        Script::Raw("HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n\r\n<html>not sse</html>"),
+        Script::Raw(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"),
+        Script::Raw(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n\r\n<html>not sse</html>"),
+        // A frame cut off by a reset: never complete, so never relayed.
+        Script::Reset(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\nevent: update\nid: 99\ndata: {\"id\":\"x\",\"content\":\"cut off\"}\n"),
+        // Bytes that are not UTF-8 inside an event stream.
+        Script::Raw(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\nevent: update\ndata: \xff\xfe\x00\n\n"),
         Script::Sse {
             frames: vec![
                 ":thump\n\n".into(),
@@ -467,9 +478,9 @@ async fn relay_lands_every_chosen_event_exactly_once_through_drops_garbage_and_i
     })
     .await;
     eventually(
-        "the relay waits on its 5th connection",
+        "the relay waits on its 7th connection",
         Duration::from_secs(10),
-        || async { upstream.seen().len() == 5 },
+        || async { upstream.seen().len() == 7 },
     )
     .await;
     drop(relay); // kill -9
@@ -495,7 +506,16 @@ async fn relay_lands_every_chosen_event_exactly_once_through_drops_garbage_and_i
     let resumed: Vec<Option<&str>> = seen.iter().map(|s| s.last_event_id.as_deref()).collect();
     assert_eq!(
         resumed,
-        [None, None, None, Some("3"), Some("5"), Some("5")],
+        [
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some("3"),
+            Some("5"),
+            Some("5")
+        ],
         "Last-Event-ID on each reconnect, and after the restart from herald's state"
     );
     assert!(seen
