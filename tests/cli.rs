@@ -371,7 +371,10 @@ impl FakeUpstream {
                         Script::Reset(bytes) => {
                             let _ = socket.write_all(bytes).await;
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            let _ = socket.set_linger(Some(Duration::ZERO));
+                            // Linger 0: closing sends RST. Set through socket2, as tokio's
+                            // own setter is deprecated (it may block on drop; not at 0).
+                            let _ =
+                                socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
                         }
                         Script::Sse { frames, hold } => {
                             let _ = socket
