@@ -170,6 +170,10 @@ pub struct ServeArgs {
     /// Largest request head (request line and headers), in bytes; larger gets 431.
     #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
+
+    /// Publish a counter to the `timer` stream every second, for the /demo/timer page.
+    #[arg(long, env = "HERALD_DEMO")]
+    pub demo: bool,
 }
 
 /// Everything `herald serve` needs, validated.
@@ -181,6 +185,8 @@ pub struct Config {
     pub allow_public_publish: bool,
     /// TCP_USER_TIMEOUT for accepted connections; `None`: the system's.
     pub peer_timeout: Option<Duration>,
+    /// Run the built-in timer publisher (`--demo`).
+    pub demo: bool,
 }
 
 impl ServeArgs {
@@ -244,6 +250,7 @@ impl ServeArgs {
                 ..HttpOptions::default()
             },
             allow_public_publish: self.allow_public_publish,
+            demo: self.demo,
             peer_timeout: match self.peer_timeout {
                 None => Some(self.heartbeat),
                 Some(t) if t.is_zero() => None,

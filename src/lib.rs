@@ -24,6 +24,7 @@
 //! - [`config`] — flags and environment variables into one [`config::Config`].
 //! - [`server`] — `herald serve`: listen, shut down cleanly.
 //! - [`cli`] — `herald publish`, `subscribe` and `relay`: clients of the HTTP API.
+//! - [`demo`] — `--demo`: the timer publisher behind `/demo/timer`.
 //!
 //! ## Embedding
 //! ```no_run
@@ -57,6 +58,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod server;
 

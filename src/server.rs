@@ -67,6 +67,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         let _ = stopped.await;
     }));
 
+    if config.demo {
+        tokio::spawn(crate::demo::run_timer(broker.clone()));
+    }
     tracing::info!(%addr, last_id = %broker.last_visible_id(), "herald listening");
     // Scripts and tests read this line to find the port when listening on port 0.
     println!("herald listening on http://{addr}");

@@ -40,3 +40,8 @@ fn eventsource_in_chromium_stops_for_good_after_a_seal() {
 fn a_listed_origin_reads_a_private_stream_with_its_cookie_and_others_get_nothing() {
     run_browser_script("cors.mjs");
 }
+
+#[test]
+fn the_web_ui_dashboard_qa_htmx_and_timer_work_in_chromium() {
+    run_browser_script("ui.mjs");
+}

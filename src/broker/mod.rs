@@ -94,6 +94,8 @@ pub struct StreamInfo {
     #[serde(serialize_with = "opt_id")]
     pub last_id: Option<EventId>,
     pub subscribers: usize,
+    /// Events published to it since herald started (in memory; for rates).
+    pub published: u64,
     /// Presence members (clients), see [`Presence`].
     pub online: usize,
     /// Closed for good: no more events, subscribers are let go.
@@ -126,6 +128,8 @@ pub(crate) struct Shared {
     /// How often each stream was deleted since start-up; subscriptions notice a delete they
     /// missed on their live channel by comparing.
     pub deletions: Arc<DashMap<StreamName, u64>>,
+    /// Events published to each stream since start-up.
+    pub published: Arc<DashMap<StreamName, u64>>,
 }
 
 impl Shared {
@@ -163,6 +167,7 @@ impl Broker {
             fanout: Arc::new(Fanout::new(options.channel_capacity)),
             failed: Arc::new(AtomicBool::new(false)),
             deletions: Arc::new(DashMap::new()),
+            published: Arc::new(DashMap::new()),
             log,
         });
         let (commands, receiver) = mpsc::channel();
@@ -176,6 +181,7 @@ impl Broker {
             trim_every: options.trim_every,
             commands: receiver,
             deletions: shared.deletions.clone(),
+            published: shared.published.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())
@@ -362,6 +368,7 @@ impl Broker {
     fn info(&self, name: StreamName, stats: StreamStats) -> StreamInfo {
         StreamInfo {
             subscribers: self.shared.fanout.subscribers(&name),
+            published: self.shared.published.get(&name).map_or(0, |n| *n),
             online: self.presence.online(&name),
             sealed: self.shared.log.settings(&name).sealed,
             length: stats.length,
@@ -369,6 +376,11 @@ impl Broker {
             last_id: (stats.last_id > EventId::ZERO).then_some(stats.last_id),
             name,
         }
+    }
+
+    /// Events published since start-up, all streams.
+    pub fn published(&self) -> u64 {
+        self.shared.published.iter().map(|n| *n.value()).sum()
     }
 
     /// False once a write could not be made durable.

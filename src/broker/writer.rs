@@ -87,6 +87,8 @@ pub(crate) struct Writer {
     pub commands: Receiver<Command>,
     /// How many times each stream was deleted since start-up (subscriptions compare).
     pub deletions: Arc<DashMap<StreamName, u64>>,
+    /// Events published to each stream since start-up (for rates on the dashboard).
+    pub published: Arc<DashMap<StreamName, u64>>,
 }
 
 impl Writer {
@@ -219,6 +221,7 @@ impl Writer {
             self.visible.store(last.id.0, Ordering::Release);
         }
         for event in &events {
+            *self.published.entry(event.stream.clone()).or_insert(0) += 1;
             self.fanout.send(event);
         }
         let mut rest = events.as_slice();

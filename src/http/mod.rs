@@ -12,11 +12,14 @@ pub mod listener;
 mod presence;
 mod publish;
 mod sse;
+mod stats;
+mod web;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -96,6 +99,9 @@ pub struct Api {
     pub broker: Broker,
     pub options: Arc<HttpOptions>,
     pub limits: Arc<ConnectionLimits>,
+    /// Events written to SSE subscribers since start-up.
+    pub delivered: Arc<AtomicU64>,
+    pub started: Instant,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -120,6 +126,8 @@ impl Api {
             broker,
             options: Arc::new(options),
             limits: Arc::new(limits),
+            delivered: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
             shutdown: rx,
         };
         (api, ShutdownSignal(tx))
@@ -152,7 +160,11 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(lifecycle::routes(api.clone()))
         .unify()
-        .or(presence::routes(api))
+        .or(presence::routes(api.clone()))
+        .unify()
+        .or(stats::routes(api.clone()))
+        .unify()
+        .or(web::routes())
         .unify()
         .or(health)
         .unify()

@@ -260,6 +260,8 @@ struct SseBody {
     slot: Option<Slot>,
     /// When the reader's token expires.
     expires: Option<tokio::time::Instant>,
+    /// The server-wide delivery count.
+    delivered: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SseBody {
@@ -282,6 +284,7 @@ impl SseBody {
             member: None,
             slot: None,
             expires: None,
+            delivered: api.delivered.clone(),
         }
     }
 
@@ -314,6 +317,7 @@ impl SseBody {
                 }
                 Ok(Some(Ok(Delivery::Event(event)))) => {
                     self.log.delivered += 1;
+                    self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.log.lag_recoveries = self.subscription.lag_recoveries();
                     Some(if self.envelope { event.sse_envelope_frame() } else { event.sse_frame() })
                 }
@@ -377,7 +381,7 @@ fn close_frame(closed: &Closed) -> Bytes {
 
 /// On shutdown: a reconnection delay spread over the window, so a restart is not met by every
 /// client in the same millisecond.
-fn come_back_later(window: Duration) -> Bytes {
+pub(super) fn come_back_later(window: Duration) -> Bytes {
     let window = window.as_millis().max(1) as u64;
     let delay = 1000 + fastrand::u64(0..window);
     Bytes::from(format!(": herald is restarting\nretry: {delay}\n\n"))

@@ -1,0 +1,141 @@
+//! `GET /stats` and `GET /stats/live`: what herald is doing right now — every stream with its
+//! counts, open connections, events published and delivered — as one JSON snapshot, or as an
+//! SSE stream of snapshots once a second (`event: stats`), which is what the dashboard at `/`
+//! runs on: it updates over SSE from herald, not by polling. Private streams the caller may not
+//! read are left out, as in `GET /streams`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+use warp::http::{header, HeaderValue};
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::auth::{self, Grant};
+use super::error::{respond, ApiError};
+use super::limits::{turned_away, Slot};
+use super::sse::come_back_later;
+use super::{peer_addr, with_api, Api};
+use crate::broker::StreamInfo;
+
+/// How often `GET /stats/live` sends a snapshot.
+const EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Serialize)]
+struct Snapshot {
+    /// Seconds since herald started.
+    uptime: f64,
+    /// Open SSE connections (subscriptions and dashboards).
+    connections: usize,
+    /// Events published since start-up, all streams.
+    published: u64,
+    /// Events written to subscribers since start-up.
+    delivered: u64,
+    streams: Vec<StreamInfo>,
+}
+
+fn snapshot(api: &Api, grant: &Grant) -> Snapshot {
+    let mut streams = api.broker.streams();
+    streams.retain(|info| api.options.access.may_read(grant, &info.name));
+    Snapshot {
+        uptime: api.started.elapsed().as_secs_f64(),
+        connections: api.limits.open(),
+        published: api.broker.published(),
+        delivered: api.delivered.load(std::sync::atomic::Ordering::Relaxed),
+        streams,
+    }
+}
+
+pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let once = warp::path!("stats")
+        .and(warp::get())
+        .and(auth::reader(api.clone()))
+        .and(with_api(api.clone()))
+        .map(|grant: Result<Grant, ApiError>, api: Api| {
+            respond(grant.map(|grant| warp::reply::json(&snapshot(&api, &grant)).into_response()))
+        });
+    let live = warp::path!("stats" / "live")
+        .and(warp::get())
+        .and(auth::reader(api.clone()))
+        .and(warp::header::optional::<String>("accept"))
+        .and(peer_addr())
+        .and(with_api(api))
+        .map(
+            |grant: Result<Grant, ApiError>,
+             accept: Option<String>,
+             peer: Option<std::net::SocketAddr>,
+             api: Api| {
+                respond(
+                    grant.map(|grant| match api.limits.acquire(peer.map(|p| p.ip())) {
+                        Ok(slot) => live_response(api, grant, slot),
+                        Err(full) => turned_away(
+                            full,
+                            accept.is_some_and(|a| a.contains("text/event-stream")),
+                            api.options.shutdown_retry_window,
+                        ),
+                    }),
+                )
+            },
+        );
+    live.or(once).unify()
+}
+
+/// One snapshot frame: `event: stats`, the JSON on one `data:` line (compact JSON has no
+/// newline), no id (snapshots are not history).
+fn frame(snapshot: &Snapshot) -> Bytes {
+    let json = serde_json::to_string(snapshot).unwrap_or_default();
+    Bytes::from(format!("event: stats\ndata: {json}\n\n"))
+}
+
+struct Live {
+    api: Api,
+    grant: Grant,
+    _slot: Slot,
+    shutdown: watch::Receiver<bool>,
+    ticks: tokio::time::Interval,
+    opened: bool,
+    ended: bool,
+}
+
+fn live_response(api: Api, grant: Grant, slot: Slot) -> Response {
+    let state = Live {
+        shutdown: api.shutdown.clone(),
+        ticks: tokio::time::interval(EVERY),
+        api,
+        grant,
+        _slot: slot,
+        opened: false,
+        ended: false,
+    };
+    let body = futures::stream::unfold(state, |mut live| async move {
+        if !live.opened {
+            live.opened = true;
+            let retry = format!("retry: {}\n\n", live.api.options.retry_ms);
+            return Some((Ok::<_, std::convert::Infallible>(Bytes::from(retry)), live));
+        }
+        if live.ended {
+            return None;
+        }
+        let window = live.api.options.shutdown_retry_window;
+        let next = tokio::select! {
+            biased;
+            _ = live.shutdown.wait_for(|stop| *stop) => {
+                live.ended = true;
+                come_back_later(window)
+            }
+            _ = live.ticks.tick() => frame(&snapshot(&live.api, &live.grant)),
+        };
+        Some((Ok(next), live))
+    });
+    let mut response = warp::reply::stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
