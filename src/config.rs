@@ -174,6 +174,36 @@ pub struct ServeArgs {
     /// Publish a counter to the `timer` stream every second, for the /demo/timer page.
     #[arg(long, env = "HERALD_DEMO")]
     pub demo: bool,
+
+    /// PEM certificate chain: serve HTTPS, with HTTP/2 for clients that offer it (all of a
+    /// page's EventSources then share one connection). Needs --tls-key.
+    #[arg(
+        long,
+        env = "HERALD_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "HERALD_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for log pipelines).
+    /// RUST_LOG picks what is logged (default: herald=info,warn).
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Everything `herald serve` needs, validated.
@@ -187,6 +217,8 @@ pub struct Config {
     pub peer_timeout: Option<Duration>,
     /// Run the built-in timer publisher (`--demo`).
     pub demo: bool,
+    /// Certificate chain and key, for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServeArgs {
@@ -251,6 +283,7 @@ impl ServeArgs {
             },
             allow_public_publish: self.allow_public_publish,
             demo: self.demo,
+            tls: self.tls_cert.zip(self.tls_key),
             peer_timeout: match self.peer_timeout {
                 None => Some(self.heartbeat),
                 Some(t) if t.is_zero() => None,

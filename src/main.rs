@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald::config::{Cli, Command};
+use herald::config::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// herald's own lines at info (connects, disconnects, start and stop), others' warnings.
@@ -11,12 +11,20 @@ const DEFAULT_LOG: &str = "herald=info,warn";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let format = match &cli.command {
+        Some(Command::Serve(args)) => args.log_format,
+        None => cli.serve.log_format,
+        Some(_) => LogFormat::Text,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,

@@ -47,6 +47,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| ServeError::Store(format!("{}: {e}", dir.display())))?;
     }
+    let tls = match &config.tls {
+        Some((cert, key)) => {
+            Some(crate::http::tls::acceptor(cert, key).map_err(ServeError::Refused)?)
+        }
+        None => None,
+    };
+    raise_file_limit();
     let broker =
         Broker::open(config.broker.clone()).map_err(|e| ServeError::Store(e.to_string()))?;
     let listener = TcpListener::bind(config.listen)
@@ -63,7 +70,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let mut signals = Signals::listen();
     let (api, shutdown) = Api::new(broker.clone(), config.http.clone());
     let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(listener::serve(listener, api, async {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = tokio::spawn(listener::serve(listener, api, tls, async {
         let _ = stopped.await;
     }));
 
@@ -72,7 +80,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!(%addr, last_id = %broker.last_visible_id(), "herald listening");
     // Scripts and tests read this line to find the port when listening on port 0.
-    println!("herald listening on http://{addr}");
+    println!("herald listening on {scheme}://{addr}");
 
     signals.next().await;
     tracing::info!("shutting down: telling clients when to come back");
@@ -90,6 +98,19 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     second.abort();
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// Every open connection is a file descriptor, and the usual soft limit (1,024) is far below
+/// what a broker of SSE connections needs: raise it to the hard limit, and say what it is.
+fn raise_file_limit() {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(
+            limit,
+            "file descriptor limit: about this many connections can be open at once"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
 }
 
 /// Sets TCP_USER_TIMEOUT on the listening socket; Linux hands it down to every accepted

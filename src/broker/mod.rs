@@ -7,6 +7,7 @@
 pub mod event;
 pub mod fanout;
 pub mod log;
+pub mod metrics;
 pub mod presence;
 pub mod subscription;
 mod writer;
@@ -130,6 +131,7 @@ pub(crate) struct Shared {
     pub deletions: Arc<DashMap<StreamName, u64>>,
     /// Events published to each stream since start-up.
     pub published: Arc<DashMap<StreamName, u64>>,
+    pub metrics: Arc<metrics::BrokerMetrics>,
 }
 
 impl Shared {
@@ -168,6 +170,7 @@ impl Broker {
             failed: Arc::new(AtomicBool::new(false)),
             deletions: Arc::new(DashMap::new()),
             published: Arc::new(DashMap::new()),
+            metrics: Arc::new(metrics::BrokerMetrics::default()),
             log,
         });
         let (commands, receiver) = mpsc::channel();
@@ -182,6 +185,7 @@ impl Broker {
             commands: receiver,
             deletions: shared.deletions.clone(),
             published: shared.published.clone(),
+            metrics: shared.metrics.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())
@@ -380,7 +384,12 @@ impl Broker {
 
     /// Events published since start-up, all streams.
     pub fn published(&self) -> u64 {
-        self.shared.published.iter().map(|n| *n.value()).sum()
+        self.shared.metrics.published.get()
+    }
+
+    /// The broker's counters and fsync histogram, for `/metrics`.
+    pub fn metrics(&self) -> &metrics::BrokerMetrics {
+        &self.shared.metrics
     }
 
     /// False once a write could not be made durable.

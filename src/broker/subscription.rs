@@ -187,6 +187,9 @@ impl Subscription {
                 .await;
                 match page {
                     Ok(Ok((events, bound))) => {
+                        let metrics = &self.shared.metrics;
+                        metrics.catch_up_reads.inc();
+                        metrics.catch_up_events.inc_by(events.len() as u64);
                         self.pending
                             .extend(events.into_iter().map(|e| Delivery::Event(Arc::new(e))));
                         self.pending_bound = bound;
@@ -213,6 +216,7 @@ impl Subscription {
                     }
                     Err(RecvError::Lagged(_)) => {
                         self.lag_recoveries += 1;
+                        self.shared.metrics.lag_recoveries.inc();
                         self.catching_up = true;
                     }
                     Err(RecvError::Closed) => return None,

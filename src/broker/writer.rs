@@ -89,6 +89,7 @@ pub(crate) struct Writer {
     pub deletions: Arc<DashMap<StreamName, u64>>,
     /// Events published to each stream since start-up (for rates on the dashboard).
     pub published: Arc<DashMap<StreamName, u64>>,
+    pub metrics: Arc<super::metrics::BrokerMetrics>,
 }
 
 impl Writer {
@@ -156,6 +157,17 @@ impl Writer {
         self.close();
     }
 
+    /// fsync, timed for `/metrics`. A failure means nothing more can be acknowledged as
+    /// durable (see `failed`).
+    fn sync(&self) -> Result<(), super::log::LogError> {
+        let started = std::time::Instant::now();
+        let synced = self.log.sync();
+        self.metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        synced.inspect_err(|_| self.failed.store(true, Ordering::Release))
+    }
+
     fn commit(
         &self,
         group: Vec<(Vec<NewEvent>, PublishReply)>,
@@ -200,9 +212,7 @@ impl Writer {
         *last_time = now_millis().max(*last_time);
         let appended = self.log.append(all, *last_time).and_then(|events| {
             if self.durability == Durability::Fsync {
-                self.log.sync().inspect_err(|_| {
-                    self.failed.store(true, Ordering::Release);
-                })?;
+                self.sync()?;
             }
             Ok(events)
         });
@@ -220,6 +230,7 @@ impl Writer {
         if let Some(last) = events.last() {
             self.visible.store(last.id.0, Ordering::Release);
         }
+        self.metrics.published.inc_by(events.len() as u64);
         for event in &events {
             *self.published.entry(event.stream.clone()).or_insert(0) += 1;
             self.fanout.send(event);
@@ -258,11 +269,7 @@ impl Writer {
             Change::Delete => self.log.delete(stream),
             _ => self.log.put_settings(stream, new),
         }
-        .and_then(|()| {
-            self.log.sync().inspect_err(|_| {
-                self.failed.store(true, Ordering::Release);
-            })
-        });
+        .and_then(|()| self.sync());
         if let Err(e) = durable {
             tracing::error!(%stream, error = %e, "changing the stream failed");
             return Err(e.into());

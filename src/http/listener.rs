@@ -4,27 +4,40 @@
 //! warp 0.4's server exposes none of hyper's knobs, and a server on the open internet needs
 //! them: a cap on request-head size (431 beyond it), an idle timeout (a connection that sends no
 //! request head within `--idle-timeout` is closed, keep-alive waits included), the client's
-//! address for the per-address subscription cap, and CORS for pages on other origins. Shutdown
-//! is hyper-util's graceful watcher: stop accepting, let every response end, then return.
+//! address for the per-address subscription cap, CORS for pages on other origins, a request id
+//! on every request, and TLS with HTTP/2 (ALPN) — which lifts HTTP/1.1's six connections per
+//! origin: all of a page's `EventSource`s share one connection. Shutdown is hyper-util's
+//! graceful watcher: stop accepting, let every response end, then return.
 
 use std::future::Future;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 use warp::http::{header, HeaderMap, HeaderValue, Method};
 
+use super::admin::HttpMetrics;
 use super::{routes, Api, HttpOptions, PeerAddr};
 
 /// Serves `api` on `listener` until `stop` resolves, then waits for open responses to end.
-pub async fn serve(listener: TcpListener, api: Api, stop: impl Future<Output = ()>) {
+/// With `tls`, every connection is HTTPS, and HTTP/2 when the client offers it (ALPN).
+pub async fn serve(
+    listener: TcpListener,
+    api: Api,
+    tls: Option<TlsAcceptor>,
+    stop: impl Future<Output = ()>,
+) {
     let options = api.options.clone();
+    let metrics = api.metrics.clone();
     let service = cors(&options.cors_origins).layer(warp::service(routes(api)));
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
@@ -44,27 +57,132 @@ pub async fn serve(listener: TcpListener, api: Api, stop: impl Future<Output = (
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         let service = service.clone();
-        let per_request = service_fn(move |mut request| {
+        let per_request = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(PeerAddr(peer));
+            let id = RequestId::of(&request);
+            let span = tracing::info_span!(
+                "request",
+                id = %id.0,
+                method = %request.method(),
+                path = %request.uri().path()
+            );
+            request.extensions_mut().insert(id.clone());
+            let started = std::time::Instant::now();
             let answer = service.clone().call(request);
             async move {
                 let mut response = answer.await?;
                 only_for_allowed_origins(response.headers_mut());
+                if let Ok(value) = HeaderValue::from_str(&id.0) {
+                    response.headers_mut().insert("x-request-id", value);
+                }
+                tracing::debug!(
+                    status = response.status().as_u16(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "answered"
+                );
                 Ok::<_, std::convert::Infallible>(response)
             }
+            .instrument(span)
         });
-        let connection =
-            http1_builder(&options).serve_connection(TokioIo::new(socket), per_request);
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
+        let options = options.clone();
+        let open = OpenConnection::count(&metrics);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // A client that resets or times out ends only its own connection.
-            if let Err(e) = connection.await {
+            let _open = open;
+            // A client that fails its handshake, resets or times out ends only its own
+            // connection.
+            let ended = match tls {
+                None => {
+                    let connection =
+                        http1_builder(&options).serve_connection(TokioIo::new(socket), per_request);
+                    watcher.watch(connection).await
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(options.idle_timeout, acceptor.accept(socket));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                    let io = TokioIo::new(stream);
+                    if h2 {
+                        let connection = http2_builder(&options).serve_connection(io, per_request);
+                        watcher.watch(connection).await
+                    } else {
+                        let connection = http1_builder(&options).serve_connection(io, per_request);
+                        watcher.watch(connection).await
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The id of one request: the client's `X-Request-ID` when it is a sane one, else a new one.
+/// Every log line of the request carries it, and so does the response.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    fn of<B>(request: &hyper::Request<B>) -> RequestId {
+        let given = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                (1..=64).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            });
+        RequestId(match given {
+            Some(id) => id.to_owned(),
+            None => uuid::Uuid::new_v4().simple().to_string()[..16].to_owned(),
+        })
+    }
+}
+
+/// `herald_connections_open`, held for as long as a connection lives.
+struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    fn count(metrics: &HttpMetrics) -> OpenConnection {
+        metrics.connections_accepted.inc();
+        metrics.connections_open.inc();
+        OpenConnection(metrics.connections_open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn http2_builder(options: &HttpOptions) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        // Pings find a vanished peer; an h2 connection carries many SSE streams, so this
+        // matters more than on HTTP/1.1.
+        .keep_alive_interval(options.heartbeat)
+        .keep_alive_timeout(options.heartbeat)
+        .max_concurrent_streams(256)
+        .max_header_list_size(options.max_header_bytes as u32);
+    builder
 }
 
 fn http1_builder(options: &HttpOptions) -> http1::Builder {

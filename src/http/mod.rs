@@ -3,6 +3,7 @@
 //! Handlers validate everything a client sends, call the broker, and turn any failure into the
 //! JSON error of [`error`]. Nothing here touches the log directly.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 mod history;
@@ -13,11 +14,11 @@ mod presence;
 mod publish;
 mod sse;
 mod stats;
+pub mod tls;
 mod web;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,8 +100,9 @@ pub struct Api {
     pub broker: Broker,
     pub options: Arc<HttpOptions>,
     pub limits: Arc<ConnectionLimits>,
-    /// Events written to SSE subscribers since start-up.
-    pub delivered: Arc<AtomicU64>,
+    /// What the HTTP layer counts, and the `/metrics` registry.
+    pub metrics: Arc<admin::HttpMetrics>,
+    exporter: Arc<admin::Exporter>,
     pub started: Instant,
     shutdown: watch::Receiver<bool>,
 }
@@ -122,11 +124,14 @@ impl Api {
     pub fn new(broker: Broker, options: HttpOptions) -> (Api, ShutdownSignal) {
         let (tx, rx) = watch::channel(false);
         let limits = ConnectionLimits::new(options.max_connections, options.max_connections_per_ip);
+        let metrics = admin::HttpMetrics::default();
+        let exporter = Arc::new(admin::Exporter::new(&broker, &metrics));
         let api = Api {
             broker,
             options: Arc::new(options),
             limits: Arc::new(limits),
-            delivered: Arc::new(AtomicU64::new(0)),
+            exporter,
+            metrics: Arc::new(metrics),
             started: Instant::now(),
             shutdown: rx,
         };
@@ -136,23 +141,6 @@ impl Api {
 
 /// All of herald's routes, with unknown paths answered as JSON errors.
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let health = warp::path!("healthz")
-        .and(warp::get())
-        .and(with_api(api.clone()))
-        .map(|api: Api| {
-            if api.broker.is_writable() {
-                warp::reply::with_status(
-                    warp::reply::json(&serde_json::json!({"status": "ok"})),
-                    StatusCode::OK,
-                )
-            } else {
-                warp::reply::with_status(
-                    warp::reply::json(&serde_json::json!({"status": "store not writable"})),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                )
-            }
-        })
-        .map(warp::Reply::into_response);
     publish::routes(api.clone())
         .or(sse::routes(api.clone()))
         .unify()
@@ -166,7 +154,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(web::routes())
         .unify()
-        .or(health)
+        .or(admin::routes(api.clone()))
         .unify()
         .recover(error::recover)
         .unify()

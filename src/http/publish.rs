@@ -35,7 +35,8 @@ pub fn routes(
                     query,
                     grant,
                 };
-                respond(publish_one(api, request, body).await)
+                let timer = PublishTimer::start(&api);
+                respond(timer.stop(publish_one(api, request, body).await))
             },
         );
     let batch = warp::path!("publish")
@@ -46,9 +47,32 @@ pub fn routes(
         .and(warp::body::stream())
         .and(with_api(api))
         .then(|ctype, length, grant, body, api: Api| async move {
-            respond(publish_batch(api, ctype, length, grant, body).await)
+            let timer = PublishTimer::start(&api);
+            respond(timer.stop(publish_batch(api, ctype, length, grant, body).await))
         });
     one.or(batch).unify()
+}
+
+/// Times a publish from its arrival to its `201`, for `herald_publish_seconds`.
+struct PublishTimer {
+    started: std::time::Instant,
+    histogram: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl PublishTimer {
+    fn start(api: &Api) -> PublishTimer {
+        PublishTimer {
+            started: std::time::Instant::now(),
+            histogram: api.metrics.publish_seconds.clone(),
+        }
+    }
+
+    fn stop(self, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
+        if result.is_ok() {
+            self.histogram.observe(self.started.elapsed().as_secs_f64());
+        }
+        result
+    }
 }
 
 /// What a `Content-Type` header says about the body.

@@ -30,6 +30,7 @@ use warp::Filter;
 use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
 use super::limits::{turned_away, Slot};
+use super::listener::RequestId;
 use super::{peer_addr, query_pairs, raw_query, with_api, Api, HeartbeatStyle};
 use crate::broker::event::{EventId, StreamName};
 use crate::broker::presence::{ChangeKind, ClientId, PresenceChange, PresenceGuard, PresenceWatch};
@@ -43,6 +44,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         .and(warp::header::optional::<String>("accept"))
         .and(auth::reader(api.clone()))
         .and(peer_addr())
+        .and(warp::ext::optional::<RequestId>())
         .and(with_api(api))
         .map(
             |query: String,
@@ -50,6 +52,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
              accept: Option<String>,
              grant,
              peer,
+             id: Option<RequestId>,
              api| {
                 let request = Request {
                     query,
@@ -57,6 +60,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                     accepts_event_stream: accept.is_some_and(|a| a.contains("text/event-stream")),
                     grant,
                     peer,
+                    id: id.map_or_else(|| Uuid::new_v4().simple().to_string(), |id| id.0),
                 };
                 respond(subscribe(api, request))
             },
@@ -70,6 +74,8 @@ struct Request {
     accepts_event_stream: bool,
     grant: Result<Grant, ApiError>,
     peer: Option<SocketAddr>,
+    /// The request id, which the connection's log lines carry.
+    id: String,
 }
 
 /// A parsed `GET /sse` request.
@@ -167,6 +173,7 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
     let slot = match api.limits.acquire(arrived.peer.map(|p| p.ip())) {
         Ok(slot) => slot,
         Err(full) => {
+            api.metrics.turned_away.inc();
             // Debug only: under a flood this would be a line per attempt.
             tracing::debug!(peer = ?arrived.peer, ?full, "subscriber turned away");
             return Ok(turned_away(
@@ -182,7 +189,7 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
         .presence
         .then(|| presence.watch(subscription.streams()));
     let member = client.map(|client| presence.connect(subscription.streams(), client));
-    let mut body = SseBody::new(&api, subscription, request.envelope);
+    let mut body = SseBody::new(&api, subscription, request.envelope, arrived.id);
     body.watch = watch;
     body.member = member;
     body.slot = Some(slot);
@@ -203,7 +210,7 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
 /// Logs one line when a connection opens and one when it goes, with what it received — the
 /// seed talk's per-connection log, kept.
 struct ConnectionLog {
-    id: Uuid,
+    id: String,
     streams: String,
     delivered: u64,
     lag_recoveries: u64,
@@ -211,9 +218,9 @@ struct ConnectionLog {
 }
 
 impl ConnectionLog {
-    fn open(subscription: &Subscription) -> ConnectionLog {
+    fn open(subscription: &Subscription, id: String) -> ConnectionLog {
         let log = ConnectionLog {
-            id: Uuid::new_v4(),
+            id,
             streams: subscription
                 .streams()
                 .iter()
@@ -261,13 +268,13 @@ struct SseBody {
     /// When the reader's token expires.
     expires: Option<tokio::time::Instant>,
     /// The server-wide delivery count.
-    delivered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    delivered: prometheus_client::metrics::counter::Counter,
 }
 
 impl SseBody {
-    fn new(api: &Api, subscription: Subscription, envelope: bool) -> SseBody {
+    fn new(api: &Api, subscription: Subscription, envelope: bool, id: String) -> SseBody {
         SseBody {
-            log: ConnectionLog::open(&subscription),
+            log: ConnectionLog::open(&subscription, id),
             subscription,
             envelope,
             heartbeat: api.options.heartbeat,
@@ -284,7 +291,7 @@ impl SseBody {
             member: None,
             slot: None,
             expires: None,
-            delivered: api.delivered.clone(),
+            delivered: api.metrics.delivered.clone(),
         }
     }
 
@@ -317,7 +324,7 @@ impl SseBody {
                 }
                 Ok(Some(Ok(Delivery::Event(event)))) => {
                     self.log.delivered += 1;
-                    self.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.delivered.inc();
                     self.log.lag_recoveries = self.subscription.lag_recoveries();
                     Some(if self.envelope { event.sse_envelope_frame() } else { event.sse_frame() })
                 }

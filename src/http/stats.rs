@@ -43,7 +43,7 @@ fn snapshot(api: &Api, grant: &Grant) -> Snapshot {
         uptime: api.started.elapsed().as_secs_f64(),
         connections: api.limits.open(),
         published: api.broker.published(),
-        delivered: api.delivered.load(std::sync::atomic::Ordering::Relaxed),
+        delivered: api.metrics.delivered.get(),
         streams,
     }
 }
@@ -70,11 +70,14 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                 respond(
                     grant.map(|grant| match api.limits.acquire(peer.map(|p| p.ip())) {
                         Ok(slot) => live_response(api, grant, slot),
-                        Err(full) => turned_away(
-                            full,
-                            accept.is_some_and(|a| a.contains("text/event-stream")),
-                            api.options.shutdown_retry_window,
-                        ),
+                        Err(full) => {
+                            api.metrics.turned_away.inc();
+                            turned_away(
+                                full,
+                                accept.is_some_and(|a| a.contains("text/event-stream")),
+                                api.options.shutdown_retry_window,
+                            )
+                        }
                     }),
                 )
             },
