@@ -38,7 +38,7 @@ export function stopped(child) {
 }
 
 
-export function launchChromium(profile) {
+export function launchChromium(profile, extraArgs = []) {
   return chromium.launchPersistentContext(profile, {
     executablePath: '/usr/bin/chromium',
     headless: true,
@@ -50,6 +50,7 @@ export function launchChromium(profile) {
       '--disable-background-networking',
       '--disable-component-update',
       '--disable-sync',
+      ...extraArgs,
     ],
   });
 }
