@@ -126,3 +126,42 @@ async fn presence_through_the_library() {
     assert_eq!((leave.client.as_str(), leave.count), ("alice", 0));
     assert_eq!(presence.members(&room).count, 0);
 }
+
+#[tokio::test]
+async fn ready_events_are_taken_in_order_without_waiting_and_never_twice() {
+    let broker = Broker::open(BrokerOptions::default()).unwrap();
+    let s = StreamName::new("burst").unwrap();
+    let mut sub = broker.subscribe(vec![s.clone()], StartAt::Live);
+    let events: Vec<NewEvent> = (0..10)
+        .map(|i| NewEvent {
+            stream: s.clone(),
+            kind: None,
+            data: i.to_string(),
+        })
+        .collect();
+    broker.publish_batch(events).await.unwrap();
+    // The first through next(), the rest as "ready now", then nothing is ready.
+    let Some(Delivery::Event(first)) = next(&mut sub).await else {
+        panic!("an event first");
+    };
+    let mut got = vec![first.data.clone()];
+    while let Some(event) = sub.try_next_event() {
+        got.push(event.data.clone());
+    }
+    assert_eq!(got, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert!(sub.try_next_event().is_none());
+    // A later event still comes through next(), once.
+    broker
+        .publish(NewEvent {
+            stream: s.clone(),
+            kind: None,
+            data: "later".into(),
+        })
+        .await
+        .unwrap();
+    let Some(Delivery::Event(later)) = next(&mut sub).await else {
+        panic!("the later event");
+    };
+    assert_eq!(later.data, "later");
+    assert!(sub.try_next_event().is_none());
+}

@@ -225,6 +225,48 @@ impl Subscription {
         }
     }
 
+    /// The next event if one is ready *now* — already read from the log, or waiting in the
+    /// live channel — without starting a read or waiting. Lets a writer put every event that is
+    /// ready into one write (coalescing). `None` means "call [`next`](Self::next)": nothing is
+    /// ready, or what comes next is not an event (a gap, a close, a catch-up from the log).
+    pub fn try_next_event(&mut self) -> Option<Arc<Event>> {
+        loop {
+            match self.pending.front() {
+                Some(Delivery::Event(_)) => {
+                    let Some(Delivery::Event(event)) = self.pending.pop_front() else {
+                        return None;
+                    };
+                    self.cursor = event.id;
+                    return Some(event);
+                }
+                Some(_) => return None,
+                None => {}
+            }
+            if self.catching_up || self.check_lifecycle || self.sealed_told.iter().all(|t| *t) {
+                return None;
+            }
+            match self.membership.receiver().try_recv() {
+                Ok(Live::Event(event)) if event.id > self.cursor => {
+                    self.cursor = event.id;
+                    return Some(event);
+                }
+                Ok(Live::Event(_)) => {}
+                Ok(Live::Closed { stream, deleted }) => {
+                    if let Ok(i) = self.streams.binary_search(&stream) {
+                        self.closed(i, deleted);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.lag_recoveries += 1;
+                    self.shared.metrics.lag_recoveries.inc();
+                    self.catching_up = true;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Queues what changed since it was last told: deletes, and seals whose stream has been read
     /// to its end. A seal whose last events are still ahead of the cursor is not told here: those
     /// events and then the seal itself are on their way through the live channel, in order (or,

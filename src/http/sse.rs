@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -32,7 +32,7 @@ use super::error::{respond, ApiError};
 use super::limits::{turned_away, Slot};
 use super::listener::RequestId;
 use super::{peer_addr, query_pairs, raw_query, with_api, Api, HeartbeatStyle};
-use crate::broker::event::{EventId, StreamName};
+use crate::broker::event::{Event, EventId, StreamName};
 use crate::broker::presence::{ChangeKind, ClientId, PresenceChange, PresenceGuard, PresenceWatch};
 use crate::broker::{Closed, Delivery, Gap, StartAt, Subscription};
 
@@ -304,34 +304,66 @@ impl SseBody {
             return None;
         }
         let retry_window = self.shutdown_retry_window;
-        tokio::select! {
+        let delivery = tokio::select! {
             biased;
             _ = self.shutdown.wait_for(|stop| *stop) => {
                 self.ended = true;
-                Some(come_back_later(retry_window))
+                return Some(come_back_later(retry_window));
             }
             _ = until(self.expires) => {
                 self.ended = true;
-                Some(Bytes::from_static(b": token expired\n\n"))
+                return Some(Bytes::from_static(b": token expired\n\n"));
             }
-            change = next_change(&mut self.watch) => Some(presence_frame(&change)),
+            change = next_change(&mut self.watch) => return Some(presence_frame(&change)),
             next = tokio::time::timeout(self.heartbeat, self.subscription.next()) => match next {
-                Err(_idle) => Some(self.heartbeat_frame.clone()),
-                Ok(None) => None,
+                Err(_idle) => return Some(self.heartbeat_frame.clone()),
+                Ok(None) => return None,
                 Ok(Some(Err(e))) => {
                     tracing::error!(conn = %self.log.id, error = %e, "subscription failed; closing");
-                    None
+                    return None;
                 }
-                Ok(Some(Ok(Delivery::Event(event)))) => {
-                    self.log.delivered += 1;
-                    self.delivered.inc();
-                    self.log.lag_recoveries = self.subscription.lag_recoveries();
-                    Some(if self.envelope { event.sse_envelope_frame() } else { event.sse_frame() })
-                }
-                Ok(Some(Ok(Delivery::Gap(gap)))) => Some(gap_frame(&gap)),
-                Ok(Some(Ok(Delivery::Closed(closed)))) => Some(close_frame(&closed)),
+                Ok(Some(Ok(delivery))) => delivery,
             }
+        };
+        Some(match delivery {
+            Delivery::Event(event) => self.with_ready_events(&event),
+            Delivery::Gap(gap) => gap_frame(&gap),
+            Delivery::Closed(closed) => close_frame(&closed),
+        })
+    }
+
+    /// The event's frame, followed by every other event that is ready right now, as one
+    /// chunk: one write (and one chunked-encoding frame) for a burst instead of one per event.
+    fn with_ready_events(&mut self, first: &Event) -> Bytes {
+        let frame = |event: &Event, envelope: bool| {
+            if envelope {
+                event.sse_envelope_frame()
+            } else {
+                event.sse_frame()
+            }
+        };
+        let mut count = 1;
+        let first = frame(first, self.envelope);
+        let mut batch: Option<BytesMut> = None;
+        while count < COALESCE_EVENTS
+            && batch.as_ref().map_or(first.len(), BytesMut::len) < COALESCE_BYTES
+        {
+            let Some(next) = self.subscription.try_next_event() else {
+                break;
+            };
+            let buf = batch.get_or_insert_with(|| {
+                let mut buf = BytesMut::with_capacity(COALESCE_BYTES);
+                buf.extend_from_slice(&first);
+                buf
+            });
+            buf.extend_from_slice(&frame(&next, self.envelope));
+            count += 1;
         }
+        self.log.delivered += count;
+        self.delivered.inc_by(count);
+        self.log.lag_recoveries = self.subscription.lag_recoveries();
+        // A lone event goes out as its shared, pre-encoded bytes: no copy.
+        batch.map_or(first, BytesMut::freeze)
     }
 
     fn into_stream(
@@ -359,6 +391,10 @@ async fn until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// Most events, and bytes, put into one write when several are ready at once.
+const COALESCE_EVENTS: u64 = 256;
+const COALESCE_BYTES: usize = 32 * 1024;
 
 /// The next join or leave; never, without `presence=1`.
 async fn next_change(watch: &mut Option<PresenceWatch>) -> PresenceChange {
