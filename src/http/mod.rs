@@ -196,10 +196,9 @@ fn readable_stream(
     segment: &str,
     grant: Result<auth::Grant, ApiError>,
 ) -> Result<StreamName, ApiError> {
-    let grant = grant?;
-    let stream = stream_from_path(segment)?;
-    api.options.access.check_read(&grant, &stream)?;
-    Ok(stream)
+    permitted_stream(segment, grant, |grant, stream| {
+        api.options.access.check_read(grant, stream)
+    })
 }
 
 /// The path's stream, when `grant` may publish to (close, delete, configure) it.
@@ -208,9 +207,19 @@ fn writable_stream(
     segment: &str,
     grant: Result<auth::Grant, ApiError>,
 ) -> Result<StreamName, ApiError> {
+    permitted_stream(segment, grant, |grant, stream| {
+        api.options.access.check_publish(grant, stream)
+    })
+}
+
+fn permitted_stream(
+    segment: &str,
+    grant: Result<auth::Grant, ApiError>,
+    check: impl FnOnce(&auth::Grant, &StreamName) -> Result<(), ApiError>,
+) -> Result<StreamName, ApiError> {
     let grant = grant?;
     let stream = stream_from_path(segment)?;
-    api.options.access.check_publish(&grant, &stream)?;
+    check(&grant, &stream)?;
     Ok(stream)
 }
 
