@@ -107,6 +107,28 @@ pub struct Api {
     shutdown: watch::Receiver<bool>,
 }
 
+impl Api {
+    /// A place for one more SSE response under the connection caps, or — when there is none —
+    /// the polite answer of [`limits::turned_away`], counted in the metrics.
+    fn subscription_slot(
+        &self,
+        peer: Option<SocketAddr>,
+        accept: Option<&str>,
+    ) -> Result<limits::Slot, Box<Response>> {
+        self.limits.acquire(peer.map(|p| p.ip())).map_err(|full| {
+            self.metrics.turned_away.inc();
+            // Debug only: under a flood this would be a line per attempt.
+            tracing::debug!(?peer, ?full, "subscriber turned away");
+            let event_stream = accept.is_some_and(|a| a.contains("text/event-stream"));
+            Box::new(limits::turned_away(
+                full,
+                event_stream,
+                self.options.shutdown_retry_window,
+            ))
+        })
+    }
+}
+
 /// The client's address, put on each request by the [`listener`].
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);

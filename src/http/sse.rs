@@ -29,7 +29,7 @@ use warp::Filter;
 
 use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
-use super::limits::{turned_away, Slot};
+use super::limits::Slot;
 use super::listener::RequestId;
 use super::{peer_addr, query_pairs, raw_query, with_api, Api, HeartbeatStyle};
 use crate::broker::event::{Event, EventId, StreamName};
@@ -57,7 +57,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                 let request = Request {
                     query,
                     last_event_id,
-                    accepts_event_stream: accept.is_some_and(|a| a.contains("text/event-stream")),
+                    accept,
                     grant,
                     peer,
                     id: id.map_or_else(|| Uuid::new_v4().simple().to_string(), |id| id.0),
@@ -71,7 +71,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
 struct Request {
     query: String,
     last_event_id: Option<String>,
-    accepts_event_stream: bool,
+    accept: Option<String>,
     grant: Result<Grant, ApiError>,
     peer: Option<SocketAddr>,
     /// The request id, which the connection's log lines carry.
@@ -170,18 +170,9 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
         // Only sealed streams, nothing left to send: the one answer that makes EventSource stop.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let slot = match api.limits.acquire(arrived.peer.map(|p| p.ip())) {
+    let slot = match api.subscription_slot(arrived.peer, arrived.accept.as_deref()) {
         Ok(slot) => slot,
-        Err(full) => {
-            api.metrics.turned_away.inc();
-            // Debug only: under a flood this would be a line per attempt.
-            tracing::debug!(peer = ?arrived.peer, ?full, "subscriber turned away");
-            return Ok(turned_away(
-                full,
-                arrived.accepts_event_stream,
-                api.options.shutdown_retry_window,
-            ));
-        }
+        Err(turned_away) => return Ok(*turned_away),
     };
     let presence = api.broker.presence();
     // Watch before joining, so a watcher sees its own join.

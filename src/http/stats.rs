@@ -15,7 +15,7 @@ use warp::Filter;
 
 use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
-use super::limits::{turned_away, Slot};
+use super::limits::Slot;
 use super::sse::come_back_later;
 use super::{peer_addr, with_api, Api};
 use crate::broker::StreamInfo;
@@ -67,19 +67,12 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
              accept: Option<String>,
              peer: Option<std::net::SocketAddr>,
              api: Api| {
-                respond(
-                    grant.map(|grant| match api.limits.acquire(peer.map(|p| p.ip())) {
+                respond(grant.map(
+                    |grant| match api.subscription_slot(peer, accept.as_deref()) {
                         Ok(slot) => live_response(api, grant, slot),
-                        Err(full) => {
-                            api.metrics.turned_away.inc();
-                            turned_away(
-                                full,
-                                accept.is_some_and(|a| a.contains("text/event-stream")),
-                                api.options.shutdown_retry_window,
-                            )
-                        }
-                    }),
-                )
+                        Err(turned_away) => *turned_away,
+                    },
+                ))
             },
         );
     live.or(once).unify()
