@@ -176,7 +176,7 @@ impl Broker {
         let (commands, receiver) = mpsc::channel();
         let writer = Writer {
             log: shared.log.clone(),
-            fanout: shared.fanout.clone(),
+            outbox: writer::Outbox::new(shared.fanout.clone()),
             visible: shared.visible.clone(),
             failed: shared.failed.clone(),
             durability: options.durability,

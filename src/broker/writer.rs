@@ -3,9 +3,10 @@
 //! Publishers queue their events and wait. The writer takes everything queued (a group), appends
 //! it in one batch, fsyncs once for the whole group, and only then makes it visible: it raises
 //! the visible watermark, sends each event to the live channels in id order, and answers every
-//! publisher. While it fsyncs, the next group queues up, so durable publishing costs one fsync
-//! per group, not per request. Because one thread does all of this, publish order, id order and
-//! live delivery order are the same thing. Sealing and deleting a stream go through the same
+//! publisher (both through the [`Outbox`], from a task on the async runtime). While it fsyncs,
+//! the next group queues up, so durable publishing costs one fsync per group, not per request.
+//! Because one thread decides all of this, and one queue carries it out, publish order, id order
+//! and live delivery order are the same thing. Sealing and deleting a stream go through the same
 //! queue, so they fall at an exact point of that order: every publish queued before a seal is
 //! delivered before subscribers are told, every publish after it is refused. Retention trimming
 //! and the purge of deleted streams run here too, in bounded steps between groups, so they never
@@ -76,7 +77,7 @@ pub enum Durability {
 /// Everything the writer thread owns or shares.
 pub(crate) struct Writer {
     pub log: Arc<dyn Log>,
-    pub fanout: Arc<Fanout>,
+    pub outbox: Outbox,
     /// Highest id that is durable (per `durability`) and sent to the live channels.
     pub visible: Arc<AtomicU64>,
     /// Set when an fsync failed: from then on nothing is acknowledged as durable.
@@ -232,15 +233,15 @@ impl Writer {
         }
         self.metrics.published.inc_by(events.len() as u64);
         for event in &events {
-            *self.published.entry(event.stream.clone()).or_insert(0) += 1;
-            self.fanout.send(event);
+            match self.published.get_mut(&event.stream) {
+                Some(mut count) => *count += 1,
+                None => *self.published.entry(event.stream.clone()).or_insert(0) += 1,
+            }
         }
-        let mut rest = events.as_slice();
-        for (reply, size) in replies.into_iter().zip(sizes) {
-            let (mine, tail) = rest.split_at(size);
-            rest = tail;
-            let _ = reply.send(Ok(mine.to_vec()));
-        }
+        self.outbox.send(Outgoing::Published {
+            events,
+            replies: replies.into_iter().zip(sizes).collect(),
+        });
     }
 
     /// Applies a change, makes it durable, then tells the live channels.
@@ -281,7 +282,10 @@ impl Writer {
         }
         match change {
             Change::Seal => {
-                self.fanout.send_closed(stream, None);
+                self.outbox.send(Outgoing::Closed {
+                    stream: stream.clone(),
+                    deleted: None,
+                });
                 tracing::info!(%stream, "stream sealed");
             }
             Change::Delete => {
@@ -290,7 +294,10 @@ impl Writer {
                     *epoch += 1;
                     *epoch
                 };
-                self.fanout.send_closed(stream, Some(epoch));
+                self.outbox.send(Outgoing::Closed {
+                    stream: stream.clone(),
+                    deleted: Some(epoch),
+                });
                 tracing::info!(%stream, "stream deleted");
             }
             Change::Retention { .. } => {
@@ -340,5 +347,82 @@ impl Writer {
         if let Err(e) = self.log.close() {
             tracing::error!(error = %e, "closing the log failed");
         }
+    }
+}
+
+/// What the writer hands out once a group is durable: events for the live channels, with the
+/// publishers' answers, or the end of a stream.
+pub(crate) enum Outgoing {
+    Published {
+        events: Vec<Arc<Event>>,
+        /// Each publisher's answer channel and how many of `events` are its own, in order.
+        replies: Vec<(PublishReply, usize)>,
+    },
+    Closed {
+        stream: StreamName,
+        deleted: Option<u64>,
+    },
+}
+
+impl Outgoing {
+    fn deliver(self, fanout: &Fanout) {
+        match self {
+            Outgoing::Published { events, replies } => {
+                for event in &events {
+                    fanout.send(event);
+                }
+                let mut rest = events.as_slice();
+                for (reply, size) in replies {
+                    let (mine, tail) = rest.split_at(size.min(rest.len()));
+                    rest = tail;
+                    let _ = reply.send(Ok(mine.to_vec()));
+                }
+            }
+            Outgoing::Closed { stream, deleted } => fanout.send_closed(&stream, deleted),
+        }
+    }
+}
+
+/// Sends the writer's results out from a task on the async runtime rather than from the writer
+/// thread. A broadcast send wakes every waiting subscriber; woken from a thread outside the
+/// runtime, each wake-up is a locked push onto the runtime's shared queue (and often a futex to
+/// unpark a worker), which made this the largest per-delivery cost herald had. From a task on
+/// the runtime the same wake-ups are pushes onto the worker's own queue, and the writer pays one
+/// cross-thread wake per group instead of one per subscriber per event. One task, one queue:
+/// the order the writer decided is the order delivered. Outside a runtime (or once it is gone)
+/// the writer delivers by itself, as before.
+pub(crate) struct Outbox {
+    fanout: Arc<Fanout>,
+    queue: Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
+}
+
+impl Outbox {
+    pub fn new(fanout: Arc<Fanout>) -> Outbox {
+        let queue = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let (queue, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
+            let fanout = fanout.clone();
+            runtime.spawn(async move {
+                let mut ready = Vec::new();
+                while outgoing.recv_many(&mut ready, 64).await > 0 {
+                    for out in ready.drain(..) {
+                        out.deliver(&fanout);
+                    }
+                }
+            });
+            queue
+        });
+        Outbox { fanout, queue }
+    }
+
+    fn send(&self, out: Outgoing) {
+        let out = match &self.queue {
+            Some(queue) => match queue.send(out) {
+                Ok(()) => return,
+                // The runtime is gone: nobody is left to wake, but answer in order anyway.
+                Err(tokio::sync::mpsc::error::SendError(out)) => out,
+            },
+            None => out,
+        };
+        out.deliver(&self.fanout);
     }
 }

@@ -184,7 +184,9 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
     body.watch = watch;
     body.member = member;
     body.slot = Some(slot);
-    body.expires = grant.expires().map(token_deadline);
+    if let Some(exp) = grant.expires() {
+        body.expire_at(exp);
+    }
     let body = body.into_stream();
     let mut response = warp::reply::stream(body).into_response();
     *response.status_mut() = StatusCode::OK;
@@ -240,14 +242,23 @@ impl Drop for ConnectionLog {
     }
 }
 
+/// A future made once per response and polled for every frame: re-creating it per frame would
+/// register and unregister a waiter (or a timer) for every event delivered.
+type Signal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
+
 struct SseBody {
     subscription: Subscription,
     log: ConnectionLog,
     envelope: bool,
     heartbeat: Duration,
     heartbeat_frame: Bytes,
+    /// Fires at most once per heartbeat period; a frame written since only moves it on.
+    heartbeat_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    last_write: tokio::time::Instant,
     opening: Option<Bytes>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Signal,
+    /// The same signal, for a check that costs one atomic load: it only ever changes to "stop".
+    stopping: watch::Receiver<bool>,
     shutdown_retry_window: Duration,
     ended: bool,
     /// Join and leave frames, with `presence=1`.
@@ -256,14 +267,22 @@ struct SseBody {
     member: Option<PresenceGuard>,
     /// This subscription's place under the connection caps; given back with the body.
     slot: Option<Slot>,
-    /// When the reader's token expires.
-    expires: Option<tokio::time::Instant>,
+    /// Resolves when the reader's token expires (never, without `exp`).
+    expires: Signal,
+    expires_at: Option<tokio::time::Instant>,
     /// The server-wide delivery count.
     delivered: prometheus_client::metrics::counter::Counter,
 }
 
 impl SseBody {
     fn new(api: &Api, subscription: Subscription, envelope: bool, id: String) -> SseBody {
+        let mut shutdown = api.shutdown.clone();
+        let mut stopping = api.shutdown.clone();
+        // Already stopping counts as a change, so a response opened late ends at once too.
+        if *stopping.borrow() {
+            stopping.mark_changed();
+        }
+        let now = tokio::time::Instant::now();
         SseBody {
             log: ConnectionLog::open(&subscription, id),
             subscription,
@@ -273,21 +292,41 @@ impl SseBody {
                 HeartbeatStyle::Comment => Bytes::from_static(b": heartbeat\n\n"),
                 HeartbeatStyle::Event => Bytes::from_static(b"event: heartbeat\ndata: ping\n\n"),
             },
+            heartbeat_timer: Box::pin(tokio::time::sleep_until(now + api.options.heartbeat)),
+            last_write: now,
             // Sent at once, so the browser's `onopen` fires before any event exists.
             opening: Some(Bytes::from(format!("retry: {}\n\n", api.options.retry_ms))),
-            shutdown: api.shutdown.clone(),
+            shutdown: Box::pin(async move {
+                // An error means the server is gone, which is a shutdown too.
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            }),
+            stopping,
             shutdown_retry_window: api.options.shutdown_retry_window,
             ended: false,
             watch: None,
             member: None,
             slot: None,
-            expires: None,
+            expires: Box::pin(std::future::pending()),
+            expires_at: None,
             delivered: api.metrics.delivered.clone(),
         }
     }
 
+    /// Ends the response when a token expiring at `exp` does.
+    fn expire_at(&mut self, exp: SystemTime) {
+        let at = token_deadline(exp);
+        self.expires = Box::pin(tokio::time::sleep_until(at));
+        self.expires_at = Some(at);
+    }
+
     /// The next bytes to write, or `None` to end the response.
     async fn next_frame(&mut self) -> Option<Bytes> {
+        let frame = self.next_unstamped().await;
+        self.last_write = tokio::time::Instant::now();
+        frame
+    }
+
+    async fn next_unstamped(&mut self) -> Option<Bytes> {
         if let Some(opening) = self.opening.take() {
             return Some(opening);
         }
@@ -295,25 +334,48 @@ impl SseBody {
             return None;
         }
         let retry_window = self.shutdown_retry_window;
-        let delivery = tokio::select! {
-            biased;
-            _ = self.shutdown.wait_for(|stop| *stop) => {
+        // The subscription is polled first: while events are ready, the other branches cost
+        // nothing per event. So that a busy subscriber still stops in time, the two ends that
+        // must not wait are checked first, cheaply (an atomic load; a clock read, only with a
+        // token that expires).
+        let delivery = loop {
+            if self.stopping.has_changed().unwrap_or(true) {
                 self.ended = true;
                 return Some(come_back_later(retry_window));
             }
-            _ = until(self.expires) => {
+            if self
+                .expires_at
+                .is_some_and(|at| tokio::time::Instant::now() >= at)
+            {
                 self.ended = true;
                 return Some(Bytes::from_static(b": token expired\n\n"));
             }
-            change = next_change(&mut self.watch) => return Some(presence_frame(&change)),
-            next = tokio::time::timeout(self.heartbeat, self.subscription.next()) => match next {
-                Err(_idle) => return Some(self.heartbeat_frame.clone()),
-                Ok(None) => return None,
-                Ok(Some(Err(e))) => {
-                    tracing::error!(conn = %self.log.id, error = %e, "subscription failed; closing");
-                    return None;
+            tokio::select! {
+                biased;
+                next = self.subscription.next() => match next {
+                    None => return None,
+                    Some(Err(e)) => {
+                        tracing::error!(conn = %self.log.id, error = %e, "subscription failed; closing");
+                        return None;
+                    }
+                    Some(Ok(delivery)) => break delivery,
+                },
+                // These wake the task; the checks above (or this loop's next turn) answer.
+                () = &mut self.shutdown => {
+                    self.ended = true;
+                    return Some(come_back_later(retry_window));
                 }
-                Ok(Some(Ok(delivery))) => delivery,
+                () = &mut self.expires => {}
+                change = next_change(&mut self.watch) => return Some(presence_frame(&change)),
+                () = &mut self.heartbeat_timer => {
+                    let due = self.last_write + self.heartbeat;
+                    let now = tokio::time::Instant::now();
+                    if now >= due {
+                        self.heartbeat_timer.as_mut().reset(now + self.heartbeat);
+                        return Some(self.heartbeat_frame.clone());
+                    }
+                    self.heartbeat_timer.as_mut().reset(due);
+                }
             }
         };
         Some(match delivery {
@@ -360,7 +422,8 @@ impl SseBody {
     fn into_stream(
         self,
     ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + Sync {
-        futures::stream::unfold(self, |mut body| async move {
+        // Boxed, so that each step moves a pointer rather than the whole body.
+        futures::stream::unfold(Box::new(self), |mut body| async move {
             body.next_frame().await.map(|frame| (Ok(frame), body))
         })
     }
@@ -373,14 +436,6 @@ fn token_deadline(exp: SystemTime) -> tokio::time::Instant {
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
     tokio::time::Instant::now() + left + Duration::from_secs(auth::LEEWAY_SECS)
-}
-
-/// Resolves at `deadline`; never, without one.
-async fn until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Most events, and bytes, put into one write when several are ready at once.
