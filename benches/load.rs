@@ -61,6 +61,52 @@ enum Mode {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// N idle SSE connections held open: server RSS per connection (from /proc/PID/status),
+    /// then one event published to prove every connection is a live subscription.
+    Idle {
+        #[arg(long, value_enum, default_value = "herald")]
+        target: Target,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        url: String,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long)]
+        server_pid: u32,
+    },
+    /// S subscribers that only count frames (no parsing, so the load tool keeps up), and P
+    /// publishers posting single events as fast as answers come: deliveries/s, which is where
+    /// writing every queued frame at once shows.
+    Burst {
+        #[arg(long, value_enum, default_value = "herald")]
+        target: Target,
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// Batch publishing (`POST /publish`, herald only) of N events, then one subscriber that
+    /// replays them all from the log (`last_id=0`), counting frames.
+    Replay {
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        url: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// Concurrent batch requests.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
 }
 
 // The CLI's `bench` harness passes `--bench`; accept and drop it.
@@ -228,12 +274,294 @@ async fn latency_mode(
     }
 }
 
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A raw `GET` of an event stream: the socket, once the response head has been read (any bytes
+/// read past it are counted as frames by the caller).
+async fn open_raw(url: &str) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut socket = tokio::net::TcpStream::connect(host).await?;
+    socket.set_nodelay(true)?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+    socket.write_all(request.as_bytes()).await?;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !head.starts_with(b"HTTP/1.1 200") {
+                let line = String::from_utf8_lossy(&head[..head.len().min(40)]).into_owned();
+                return Err(std::io::Error::other(line));
+            }
+            return Ok((socket, head.split_off(end + 4)));
+        }
+    }
+}
+
+/// Counts SSE frames (`\n\n`) in a byte stream read in arbitrary pieces.
+#[derive(Default)]
+struct FrameCounter {
+    last: u8,
+    frames: u64,
+}
+
+impl FrameCounter {
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' && self.last == b'\n' {
+                self.frames += 1;
+            }
+            self.last = b;
+        }
+    }
+}
+
+async fn idle_mode(target: Target, url: String, connections: usize, pid: u32) {
+    use tokio::io::AsyncReadExt;
+    let stream = format!("idle{}", micros_now() % 1_000_000);
+    let sub = subscribe_url(target, &url, &stream);
+    // One connection first, so the baseline includes the stream's channel and warm buffers.
+    let first = open_raw(&sub).await.expect("first subscriber");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid).expect("server rss");
+    let started = Instant::now();
+    let mut sockets = vec![first];
+    for i in 1..connections {
+        match open_raw(&sub).await {
+            Ok(s) => sockets.push(s),
+            Err(e) => {
+                println!("idle: connection {i} failed: {e}");
+                break;
+            }
+        }
+    }
+    let opened = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid).expect("server rss");
+    let held = sockets.len();
+    // Prove they are live: one event must reach every one of them.
+    let client = reqwest::Client::new();
+    let _ = client
+        .post(publish_url(target, &url, &stream))
+        .body("are you there")
+        .send()
+        .await;
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|(mut socket, mut seen)| {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while !seen.windows(13).any(|w| w == b"are you there") {
+                    match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return false,
+                    }
+                }
+                true
+            })
+        })
+        .collect();
+    let mut live = 0;
+    for reader in readers {
+        if reader.await.unwrap_or(false) {
+            live += 1;
+        }
+    }
+    println!(
+        "idle: {held} connections opened in {:.1} s, {live} received the event; server rss {before} KiB → {after} KiB: {:.2} KiB per connection",
+        opened.as_secs_f64(),
+        (after.saturating_sub(before)) as f64 / (held.max(2) - 1) as f64
+    );
+}
+
+async fn burst_mode(
+    target: Target,
+    url: String,
+    subscribers: usize,
+    publishers: usize,
+    seconds: u64,
+    size: usize,
+    server_pid: Option<u32>,
+) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let stream = format!("burst{}", micros_now() % 1_000_000);
+    let sub = subscribe_url(target, &url, &stream);
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..subscribers {
+        let (mut socket, rest) = open_raw(&sub).await.expect("subscribe");
+        let delivered = delivered.clone();
+        readers.push(tokio::spawn(async move {
+            let mut counter = FrameCounter::default();
+            counter.feed(&rest);
+            let opening = counter.frames;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(n) if n > 0 => {
+                        let before = counter.frames;
+                        counter.feed(&buf[..n]);
+                        delivered.fetch_add(counter.frames - before, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+            counter.frames - opening
+        }));
+    }
+    // Let every opening frame arrive, then count from zero.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    delivered.store(0, Ordering::Relaxed);
+    let cpu_before = server_pid.and_then(cpu_ms);
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let body = "x".repeat(size);
+    let posters: Vec<_> = (0..publishers)
+        .map(|_| {
+            let (url, body, stop) = (
+                publish_url(target, &url, &stream),
+                body.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(r) = client.post(&url).body(body.clone()).send().await {
+                        if r.status().is_success() {
+                            sent += 1;
+                        }
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let in_window = delivered.load(Ordering::Relaxed);
+    let cpu_window = server_pid.and_then(cpu_ms);
+    stop.store(true, Ordering::Relaxed);
+    let mut published = 0;
+    for poster in posters {
+        published += poster.await.unwrap_or(0);
+    }
+    let window = started.elapsed().as_secs_f64();
+    // Wait for the backlog to drain: no new frame for a second.
+    let mut last = delivered.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let drained = started.elapsed().as_secs_f64() - 1.0;
+    let cpu_after = server_pid.and_then(cpu_ms);
+    let expected = published * subscribers as u64;
+    println!(
+        "burst: {subscribers} subscribers, {published} events published in {seconds} s ({:.0}/s); deliveries {in_window} in the window ({:.0}/s), {last} of {expected} in all by {drained:.1} s ({:.0}/s)",
+        published as f64 / window,
+        in_window as f64 / window,
+        last as f64 / drained
+    );
+    if let (Some(before), Some(at_window), Some(after)) = (cpu_before, cpu_window, cpu_after) {
+        println!(
+            "server cpu: {:.0} ms in the window ({:.0}% of a core), {:.2} ms per 1,000 deliveries in all",
+            at_window - before,
+            (at_window - before) / (window * 10.0),
+            (after - before) / (last as f64 / 1000.0)
+        );
+    }
+    for reader in readers {
+        reader.abort();
+    }
+}
+
+async fn replay_mode(url: String, events: usize, batch: usize, connections: usize, size: usize) {
+    use tokio::io::AsyncReadExt;
+    let stream = format!("replay{}", micros_now() % 1_000_000);
+    let data = "x".repeat(size);
+    let item = serde_json::json!({"stream": stream, "data": data});
+    let body: bytes::Bytes = serde_json::to_vec(&vec![item; batch]).expect("json").into();
+    let requests = events.div_ceil(batch);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (url, body, next) = (format!("{url}/publish"), body.clone(), next.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("publish");
+                    assert!(r.status().is_success(), "publish: {}", r.status());
+                    let _ = r.bytes().await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("publisher");
+    }
+    let published = requests * batch;
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "batch publish: {published} events in batches of {batch} on {connections} connections in {took:.2} s: {:.0} events/s",
+        published as f64 / took
+    );
+    let started = Instant::now();
+    let (mut socket, rest) = open_raw(&format!("{url}/sse?stream={stream}&last_id=0"))
+        .await
+        .expect("subscribe");
+    let mut counter = FrameCounter::default();
+    counter.feed(&rest);
+    let mut buf = vec![0u8; 256 * 1024];
+    // The opening `retry:` frame is one frame more than the events.
+    while counter.frames < published as u64 + 1 {
+        match socket.read(&mut buf).await {
+            Ok(n) if n > 0 => counter.feed(&buf[..n]),
+            _ => break,
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "replay: {} of {published} events from the log to one subscriber in {took:.2} s: {:.0} events/s",
+        counter.frames.saturating_sub(1),
+        counter.frames.saturating_sub(1) as f64 / took
+    );
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
+    // Thousands of connections need thousands of descriptors.
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
     runtime.block_on(async {
         match args().mode {
             Mode::Publish {
@@ -252,6 +580,39 @@ fn main() {
                 size,
                 server_pid,
             } => latency_mode(target, url, subscribers, rate, seconds, size, server_pid).await,
+            Mode::Idle {
+                target,
+                url,
+                connections,
+                server_pid,
+            } => idle_mode(target, url, connections, server_pid).await,
+            Mode::Burst {
+                target,
+                url,
+                subscribers,
+                publishers,
+                seconds,
+                size,
+                server_pid,
+            } => {
+                burst_mode(
+                    target,
+                    url,
+                    subscribers,
+                    publishers,
+                    seconds,
+                    size,
+                    server_pid,
+                )
+                .await
+            }
+            Mode::Replay {
+                url,
+                events,
+                batch,
+                connections,
+                size,
+            } => replay_mode(url, events, batch, connections, size).await,
         }
     });
 }

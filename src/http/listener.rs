@@ -38,7 +38,10 @@ pub async fn serve(
 ) {
     let options = api.options.clone();
     let metrics = api.metrics.clone();
-    let service = cors(&options.cors_origins).layer(warp::service(routes(api)));
+    // Shared, not copied per connection: the routes are a tree of filters several KiB large,
+    // and each connection (and its task) would otherwise hold its own copy.
+    let service =
+        std::sync::Arc::new(cors(&options.cors_origins).layer(warp::service(routes(api))));
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -68,21 +71,26 @@ pub async fn serve(
             );
             request.extensions_mut().insert(id.clone());
             let started = std::time::Instant::now();
-            let answer = service.clone().call(request);
-            async move {
-                let mut response = answer.await?;
-                only_for_allowed_origins(response.headers_mut());
-                if let Ok(value) = HeaderValue::from_str(&id.0) {
-                    response.headers_mut().insert("x-request-id", value);
+            let answer = (*service).clone().call(request);
+            // Boxed: hyper keeps room for this future for the connection's whole life, and
+            // unboxed it is the size of every warp filter's future together (~12 KiB), which an
+            // idle SSE connection would carry for nothing.
+            Box::pin(
+                async move {
+                    let mut response = answer.await?;
+                    only_for_allowed_origins(response.headers_mut());
+                    if let Ok(value) = HeaderValue::from_str(&id.0) {
+                        response.headers_mut().insert("x-request-id", value);
+                    }
+                    tracing::debug!(
+                        status = response.status().as_u16(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "answered"
+                    );
+                    Ok::<_, std::convert::Infallible>(response)
                 }
-                tracing::debug!(
-                    status = response.status().as_u16(),
-                    ms = started.elapsed().as_millis() as u64,
-                    "answered"
-                );
-                Ok::<_, std::convert::Infallible>(response)
-            }
-            .instrument(span)
+                .instrument(span),
+            )
         });
         let watcher = graceful.watcher();
         let options = options.clone();
@@ -96,32 +104,41 @@ pub async fn serve(
                 None => {
                     let connection =
                         http1_builder(&options).serve_connection(TokioIo::new(socket), per_request);
-                    watcher.watch(connection).await
+                    // Each kind of connection is boxed, so the task holds only the kind it
+                    // serves: plain HTTP/1.1 is not made the size of a TLS or h2 one.
+                    Box::pin(watcher.watch(connection)).await
                 }
-                Some(acceptor) => {
+                // Boxed whole: a TLS connection's state (handshake, rustls, h2) is many KiB
+                // that a plain connection's task should not reserve.
+                Some(acceptor) => match Box::pin(async move {
                     let handshake =
                         tokio::time::timeout(options.idle_timeout, acceptor.accept(socket));
                     let stream = match handshake.await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
+                            return None;
                         }
                         Err(_) => {
                             tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
+                            return None;
                         }
                     };
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                     let io = TokioIo::new(stream);
-                    if h2 {
+                    Some(if h2 {
                         let connection = http2_builder(&options).serve_connection(io, per_request);
                         watcher.watch(connection).await
                     } else {
                         let connection = http1_builder(&options).serve_connection(io, per_request);
                         watcher.watch(connection).await
-                    }
-                }
+                    })
+                })
+                .await
+                {
+                    Some(ended) => ended,
+                    None => return,
+                },
             };
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
