@@ -3,8 +3,11 @@
 # Needs Debian's nginx and libnginx-mod-nchan (installed here if missing). The floor
 # (benches/floor.rs: encode once, write each subscriber's queue in one syscall, nothing else) is
 # measured in the same run. Prints one line per measurement; BENCHMARKS.md records the medians.
-# "burst" is 1,000 subscribers at 2,000 events/s: far more deliveries than writes can keep up
-# with one at a time, so coalescing shows. Usage: benches/compare.sh [rounds]
+# "burst" is 1,000 subscribers that only count frames and 4 publishers posting as fast as they
+# are answered: far more deliveries than one write each can carry, so coalescing shows. "idle"
+# holds 19,000 SSE connections and reports server RSS per connection. "replay" batch-publishes
+# 1,000,000 events durably, then reads them all back from the log on one connection.
+# Usage: benches/compare.sh [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -22,6 +25,7 @@ mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
 worker_processes 1;
+worker_rlimit_nofile 20000;
 daemon off;
 error_log $work/nginx/logs/error.log warn;
 pid $work/nginx/nginx.pid;
@@ -36,36 +40,51 @@ http {
 }
 CONF
 
+# Starts a server pinned to core 0 and waits until its port answers; sets $pid.
+start() {
+  local port=$1; shift
+  taskset -c 0 "$@" >/dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && return; sleep 0.1; done
+  echo "server on port $port did not start" >&2; exit 1
+}
+stop() { kill "${2:--TERM}" "$1"; wait "$1" || true; }
+
 for round in $(seq "$rounds"); do
   echo "== round $round"
   rm -rf "$work/data"
-  taskset -c 0 target/release/herald --listen 127.0.0.1:7070 --data "$work/data" >/dev/null 2>&1 &
-  herald=$!
-  sleep 1
+  start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data" --max-len 0
+  herald=$pid
   echo -n "herald durable "; load publish --connections 16 --seconds 10
   echo -n "herald "; load latency --subscribers 200 --rate 250 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
-  kill -TERM $herald; wait $herald || true
+  load replay --events 1000000 --batch 1000 --connections 4 | sed 's/^/herald /'
+  echo "herald rss after replay: $(grep VmRSS /proc/$herald/status)"
+  stop $herald
+  rm -rf "$work/data"
+  start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data"
+  herald=$pid
+  echo -n "herald "; load idle --connections 19000 --server-pid $herald
+  stop $herald
   # The burst measures fan-out, so herald keeps events in memory here, as nchan does.
-  taskset -c 0 target/release/herald --listen 127.0.0.1:7070 --memory >/dev/null 2>&1 &
-  herald=$!
-  sleep 1
-  echo -n "herald burst "; load latency --subscribers 1000 --rate 2000 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
-  kill -TERM $herald; wait $herald || true
+  start 7070 target/release/herald --listen 127.0.0.1:7070 --memory
+  herald=$pid
+  echo -n "herald memory "; load latency --subscribers 200 --rate 250 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
+  echo -n "herald "; load burst --subscribers 1000 --publishers 4 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
+  stop $herald
 
-  taskset -c 0 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-  nginx=$!
-  sleep 1
+  start 8090 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
+  nginx=$pid
   worker=$(pgrep -P $nginx | head -1)
   echo -n "nchan memory "; load publish --target nchan --url http://127.0.0.1:8090 --connections 16 --seconds 10
   echo -n "nchan "; load latency --target nchan --url http://127.0.0.1:8090 --subscribers 200 --rate 250 --seconds 10 --server-pid "$worker" | tr '\n' ' '; echo
-  echo -n "nchan burst "; load latency --target nchan --url http://127.0.0.1:8090 --subscribers 1000 --rate 2000 --seconds 10 --server-pid "$worker" | tr '\n' ' '; echo
-  kill -QUIT $nginx; wait $nginx || true
+  echo -n "nchan "; load burst --target nchan --url http://127.0.0.1:8090 --subscribers 1000 --publishers 4 --seconds 10 --server-pid "$worker" | tr '\n' ' '; echo
+  echo -n "nchan "; load idle --target nchan --url http://127.0.0.1:8090 --connections 19000 --server-pid "$worker"
+  stop $nginx -QUIT
 
-  taskset -c 0 "$floor_bin" 127.0.0.1:7080 >/dev/null &
-  floor=$!
-  sleep 1
+  start 7080 "$floor_bin" 127.0.0.1:7080
+  floor=$pid
   echo -n "floor "; load latency --url http://127.0.0.1:7080 --subscribers 200 --rate 250 --seconds 10 --server-pid $floor | tr '\n' ' '; echo
-  echo -n "floor burst "; load latency --url http://127.0.0.1:7080 --subscribers 1000 --rate 2000 --seconds 10 --server-pid $floor | tr '\n' ' '; echo
-  kill $floor; wait $floor || true
+  echo -n "floor "; load burst --url http://127.0.0.1:7080 --subscribers 1000 --publishers 4 --seconds 10 --server-pid $floor | tr '\n' ' '; echo
+  stop $floor
 done
 rm -rf "$work"
