@@ -79,6 +79,16 @@ pub async fn serve(
                 async move {
                     let mut response = answer.await?;
                     only_for_allowed_origins(response.headers_mut());
+                    // A body refused before it was read whole leaves the rest of it on the wire:
+                    // say the connection ends, so the client does not send its next request into it.
+                    let status = response.status();
+                    if status == hyper::StatusCode::PAYLOAD_TOO_LARGE
+                        || status == hyper::StatusCode::REQUEST_TIMEOUT
+                    {
+                        response
+                            .headers_mut()
+                            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
                     if let Ok(value) = HeaderValue::from_str(&id.0) {
                         response.headers_mut().insert("x-request-id", value);
                     }
