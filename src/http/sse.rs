@@ -187,7 +187,14 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
     if let Some(exp) = grant.expires() {
         body.expire_at(exp);
     }
-    let body = body.into_stream();
+    Ok(event_stream(body.into_stream()))
+}
+
+/// A `200 text/event-stream` response of `body`, uncached, and unbuffered by proxies that honour
+/// `X-Accel-Buffering` (nginx).
+pub(super) fn event_stream(
+    body: impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + Sync + 'static,
+) -> Response {
     let mut response = warp::reply::stream(body).into_response();
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
@@ -197,7 +204,7 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// Logs one line when a connection opens and one when it goes, with what it received — the
@@ -267,9 +274,8 @@ struct SseBody {
     member: Option<PresenceGuard>,
     /// This subscription's place under the connection caps; given back with the body.
     slot: Option<Slot>,
-    /// Resolves when the reader's token expires (never, without `exp`).
-    expires: Signal,
-    expires_at: Option<tokio::time::Instant>,
+    /// When the reader's token expires (never, without `exp`).
+    expires: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The server-wide delivery count.
     delivered: prometheus_client::metrics::counter::Counter,
 }
@@ -306,17 +312,14 @@ impl SseBody {
             watch: None,
             member: None,
             slot: None,
-            expires: Box::pin(std::future::pending()),
-            expires_at: None,
+            expires: None,
             delivered: api.metrics.delivered.clone(),
         }
     }
 
     /// Ends the response when a token expiring at `exp` does.
     fn expire_at(&mut self, exp: SystemTime) {
-        let at = token_deadline(exp);
-        self.expires = Box::pin(tokio::time::sleep_until(at));
-        self.expires_at = Some(at);
+        self.expires = Some(Box::pin(tokio::time::sleep_until(token_deadline(exp))));
     }
 
     /// The next bytes to write, or `None` to end the response.
@@ -344,8 +347,9 @@ impl SseBody {
                 return Some(come_back_later(retry_window));
             }
             if self
-                .expires_at
-                .is_some_and(|at| tokio::time::Instant::now() >= at)
+                .expires
+                .as_ref()
+                .is_some_and(|timer| tokio::time::Instant::now() >= timer.deadline())
             {
                 self.ended = true;
                 return Some(Bytes::from_static(b": token expired\n\n"));
@@ -365,7 +369,7 @@ impl SseBody {
                     self.ended = true;
                     return Some(come_back_later(retry_window));
                 }
-                () = &mut self.expires => {}
+                () = expiry(&mut self.expires) => {}
                 change = next_change(&mut self.watch) => return Some(presence_frame(&change)),
                 () = &mut self.heartbeat_timer => {
                     let due = self.last_write + self.heartbeat;
@@ -441,6 +445,14 @@ fn token_deadline(exp: SystemTime) -> tokio::time::Instant {
 /// Most events, and bytes, put into one write when several are ready at once.
 const COALESCE_EVENTS: u64 = 256;
 const COALESCE_BYTES: usize = 32 * 1024;
+
+/// Resolves when the token's timer fires; never, without one.
+async fn expiry(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The next join or leave; never, without `presence=1`.
 async fn next_change(watch: &mut Option<PresenceWatch>) -> PresenceChange {

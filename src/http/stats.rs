@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
-use warp::http::{header, HeaderValue};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
@@ -125,13 +124,5 @@ fn live_response(api: Api, grant: Grant, slot: Slot) -> Response {
         };
         Some((Ok(next), live))
     });
-    let mut response = warp::reply::stream(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    super::sse::event_stream(body)
 }
