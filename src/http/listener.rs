@@ -1,5 +1,7 @@
-//! herald's own accept loop: each TCP connection is served by hyper with the routes of
-//! [`routes`](super::routes).
+//! herald's own accept loop: each TCP connection is served with the routes of
+//! [`routes`](super::routes) — a plain connection's `GET /sse` by herald's own writer
+//! ([`direct`](super::direct): far less memory and work per idle or busy subscriber), everything
+//! else by hyper.
 //!
 //! warp 0.4's server exposes none of hyper's knobs, and a server on the open internet needs
 //! them: a cap on request-head size (431 beyond it), an idle timeout (a connection that sends no
@@ -9,7 +11,10 @@
 //! origin: all of a page's `EventSource`s share one connection. Shutdown is hyper-util's
 //! graceful watcher: stop accepting, let every response end, then return.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -17,6 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -26,7 +32,7 @@ use tracing::Instrument;
 use warp::http::{header, HeaderMap, HeaderValue, Method};
 
 use super::admin::HttpMetrics;
-use super::{routes, Api, HttpOptions, PeerAddr};
+use super::{direct, routes, Api, HttpOptions, PeerAddr};
 
 /// Serves `api` on `listener` until `stop` resolves, then waits for open responses to end.
 /// With `tls`, every connection is HTTPS, and HTTP/2 when the client offers it (ALPN).
@@ -38,6 +44,7 @@ pub async fn serve(
 ) {
     let options = api.options.clone();
     let metrics = api.metrics.clone();
+    let stopping = api.shutdown.clone();
     // Shared, not copied per connection: the routes are a tree of filters several KiB large,
     // and each connection (and its task) would otherwise hold its own copy.
     let service =
@@ -60,60 +67,49 @@ pub async fn serve(
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         let service = service.clone();
-        let per_request = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(PeerAddr(peer));
-            let id = RequestId::of(&request);
-            let span = tracing::info_span!(
-                "request",
-                id = %id.0,
-                method = %request.method(),
-                path = %request.uri().path()
-            );
-            request.extensions_mut().insert(id.clone());
-            let started = std::time::Instant::now();
-            let answer = (*service).clone().call(request);
-            // Boxed: hyper keeps room for this future for the connection's whole life, and
-            // unboxed it is the size of every warp filter's future together (~12 KiB), which an
-            // idle SSE connection would carry for nothing.
-            Box::pin(
-                async move {
-                    let mut response = answer.await?;
-                    only_for_allowed_origins(response.headers_mut());
-                    // A body refused before it was read whole leaves the rest of it on the wire:
-                    // say the connection ends, so the client does not send its next request into it.
-                    let status = response.status();
-                    if status == hyper::StatusCode::PAYLOAD_TOO_LARGE
-                        || status == hyper::StatusCode::REQUEST_TIMEOUT
-                    {
-                        response
-                            .headers_mut()
-                            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    if let Ok(value) = HeaderValue::from_str(&id.0) {
-                        response.headers_mut().insert("x-request-id", value);
-                    }
-                    tracing::debug!(
-                        status = response.status().as_u16(),
-                        ms = started.elapsed().as_millis() as u64,
-                        "answered"
-                    );
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-                .instrument(span),
-            )
-        });
+        let per_request = {
+            let service = service.clone();
+            service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                answer(&*service, peer, request)
+            })
+        };
         let watcher = graceful.watcher();
         let options = options.clone();
         let open = OpenConnection::count(&metrics);
         let tls = tls.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             let _open = open;
             // A client that fails its handshake, resets or times out ends only its own
             // connection.
             let ended = match tls {
                 None => {
+                    let mut socket = socket;
+                    let served = direct::serve(
+                        &mut socket,
+                        options.idle_timeout,
+                        options.max_header_bytes,
+                        stopping,
+                        |request| async {
+                            answer(&*service, peer, request)
+                                .await
+                                .unwrap_or_else(|never| match never {})
+                        },
+                    )
+                    .await;
+                    let read = match served {
+                        Ok(direct::Served::HandOver(read)) => read,
+                        Ok(direct::Served::Closed) => return,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            return;
+                        }
+                    };
+                    // hyper reads the bytes already read first, then the socket.
+                    let (reader, writer) = socket.into_split();
+                    let io = tokio::io::join(std::io::Cursor::new(read).chain(reader), writer);
                     let connection =
-                        http1_builder(&options).serve_connection(TokioIo::new(socket), per_request);
+                        http1_builder(&options).serve_connection(TokioIo::new(io), per_request);
                     // Each kind of connection is boxed, so the task holds only the kind it
                     // serves: plain HTTP/1.1 is not made the size of a TLS or h2 one.
                     Box::pin(watcher.watch(connection)).await
@@ -157,6 +153,60 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Runs one request through the routes, with what every request gets: the peer's address, a
+/// request id (in the response and on every log line), and CORS headers only for allowed origins.
+// Boxed: hyper keeps room for this future for the connection's whole life, and unboxed it is
+// the size of every warp filter's future together (~12 KiB), which an idle SSE connection
+// would carry for nothing.
+fn answer<S, B, RB>(
+    service: &S,
+    peer: SocketAddr,
+    mut request: hyper::Request<B>,
+) -> Pin<Box<dyn Future<Output = Result<hyper::Response<RB>, Infallible>> + Send>>
+where
+    S: Service<hyper::Request<B>, Response = hyper::Response<RB>, Error = Infallible> + Clone,
+    S::Future: Send + 'static,
+    RB: 'static,
+{
+    request.extensions_mut().insert(PeerAddr(peer));
+    let id = RequestId::of(&request);
+    let span = tracing::info_span!(
+        "request",
+        id = %id.0,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    request.extensions_mut().insert(id.clone());
+    let started = std::time::Instant::now();
+    let answer = service.clone().call(request);
+    Box::pin(
+        async move {
+            let mut response = answer.await?;
+            only_for_allowed_origins(response.headers_mut());
+            // A body refused before it was read whole leaves the rest of it on the wire:
+            // say the connection ends, so the client does not send its next request into it.
+            let status = response.status();
+            if status == hyper::StatusCode::PAYLOAD_TOO_LARGE
+                || status == hyper::StatusCode::REQUEST_TIMEOUT
+            {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            if let Ok(value) = HeaderValue::from_str(&id.0) {
+                response.headers_mut().insert("x-request-id", value);
+            }
+            tracing::debug!(
+                status = response.status().as_u16(),
+                ms = started.elapsed().as_millis() as u64,
+                "answered"
+            );
+            Ok(response)
+        }
+        .instrument(span),
+    )
 }
 
 /// The id of one request: the client's `X-Request-ID` when it is a sane one, else a new one.

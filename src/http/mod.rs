@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+mod direct;
 pub mod error;
 mod history;
 mod lifecycle;

@@ -1,12 +1,13 @@
 //! `GET /sse`: a subscription, written as a `text/event-stream` response.
 //!
-//! The body is a stream that hyper polls only when the socket can take more, so a client that
-//! stops reading applies real TCP backpressure: its subscription simply stops pulling, falls
-//! behind its live channel, and is later caught up from the log. Frames are the events'
+//! The body is a stream polled only when the socket can take more (by `direct.rs` on plain
+//! HTTP/1.1, by hyper over TLS and HTTP/2), so a client that stops reading applies real TCP
+//! backpressure: its subscription simply stops pulling, falls behind its live channel, and is
+//! later caught up from the log. Frames are the events'
 //! pre-encoded `Bytes`, shared with every other subscriber.
 //!
 //! `client=ID` makes the connection a presence member of its streams for as long as the body
-//! lives (hyper drops the body as soon as the peer closes, so a closed tab is noticed at once);
+//! lives (the body is dropped as soon as the peer closes, so a closed tab is noticed at once);
 //! `presence=1` adds the streams' join and leave frames. A subscription whose streams are all
 //! sealed ends the response; one that could only ever wait on sealed streams is answered
 //! `204 No Content`, which tells `EventSource` to stop reconnecting.

@@ -1,0 +1,409 @@
+//! Plain HTTP/1.1 connections whose request is `GET /sse`, served without hyper.
+//!
+//! An SSE connection spends its life idle or writing small frames, and hyper gives every HTTP/1
+//! connection an 8 KiB read buffer and an 8 KiB write buffer (fixed sizes, no knob) plus its
+//! dispatcher's work per frame (a body poll, a chunk-size line formatted with `fmt`, a copy into
+//! the write buffer for small frames). So the listener reads each plain connection's first request
+//! head here: `GET /sse` is routed through the same warp routes as everything else (auth, CORS,
+//! caps, request id — the response is warp's), and its response is written here, each frame
+//! as one `writev` of a chunk-size line, the shared frame bytes and CRLF; a 64-byte read notices
+//! the peer closing. Anything else — another path or method, a body, `Expect`, HTTP/1.0, a head
+//! that does not parse or is too large — is handed to hyper with the bytes already read, so
+//! hyper answers it exactly as it would have.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use warp::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+
+/// The request a connection was served until it was handed over, and the bytes read past it.
+pub(super) enum Served {
+    /// The peer closed, timed out, or the connection must end: close it.
+    Closed,
+    /// A request this module does not serve: hyper takes the connection, starting with these
+    /// bytes (the request's head, and whatever came after it).
+    HandOver(Bytes),
+}
+
+/// The most header lines a `GET /sse` head may have here; a longer head goes to hyper.
+const MAX_HEADERS: usize = 48;
+/// First read of a request head; grown as needed up to the server's head limit.
+const FIRST_READ: usize = 1024;
+
+/// Serves `GET /sse` requests on `socket` until the connection ends or carries something else.
+/// `answer` runs a request through the routes (the listener's per-request work).
+pub(super) async fn serve<A, F, RB>(
+    socket: &mut TcpStream,
+    idle_timeout: Duration,
+    max_head_bytes: usize,
+    mut stopping: watch::Receiver<bool>,
+    answer: A,
+) -> io::Result<Served>
+where
+    A: Fn(Request<Empty<Bytes>>) -> F,
+    F: Future<Output = Response<RB>>,
+    RB: http_body::Body<Data = Bytes> + Unpin,
+    RB::Error: std::fmt::Display,
+{
+    let mut buffer = BytesMut::new();
+    loop {
+        let head = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => return Ok(Served::Closed),
+            head = tokio::time::timeout(idle_timeout, read_head(socket, &mut buffer, max_head_bytes)) => head,
+        };
+        let (request, keep_alive) = match head {
+            // hyper closes a connection that sends no head in time without an answer; so does this.
+            Err(_) => return Ok(Served::Closed),
+            Ok(head) => match head? {
+                Head::Closed => return Ok(Served::Closed),
+                Head::Other | Head::Partial => return Ok(Served::HandOver(buffer.freeze())),
+                Head::Sse {
+                    request,
+                    length,
+                    keep_alive,
+                } => {
+                    buffer.advance(length);
+                    (request, keep_alive)
+                }
+            },
+        };
+        if buffer.is_empty() {
+            // Release the head's memory while the response runs.
+            buffer = BytesMut::new();
+        }
+        let response = answer(*request).await;
+        let keep_alive = write_response(socket, response, keep_alive, &mut buffer, max_head_bytes)
+            .await?
+            && !*stopping.borrow();
+        if !keep_alive {
+            return Ok(Served::Closed);
+        }
+    }
+}
+
+/// What the bytes read so far hold.
+enum Head {
+    /// Not yet a whole head.
+    Partial,
+    /// The peer closed before sending a whole head.
+    Closed,
+    /// Not a request served here.
+    Other,
+    /// A clean `GET /sse`.
+    Sse {
+        request: Box<Request<Empty<Bytes>>>,
+        /// Bytes of the head, to be consumed from the buffer.
+        length: usize,
+        keep_alive: bool,
+    },
+}
+
+/// Reads until `buffer` holds a whole request head (or is known not to be one served here).
+/// Nothing is allocated until the peer has sent something.
+async fn read_head(socket: &TcpStream, buffer: &mut BytesMut, max: usize) -> io::Result<Head> {
+    loop {
+        if !buffer.is_empty() {
+            match parse_head(buffer, max) {
+                Head::Partial if buffer.len() <= max => {}
+                Head::Partial => return Ok(Head::Other),
+                head => return Ok(head),
+            }
+        }
+        socket.readable().await?;
+        if buffer.capacity() == buffer.len() {
+            buffer.reserve(buffer.len().clamp(FIRST_READ, max + 1));
+        }
+        match socket.try_read_buf(buffer) {
+            Ok(0) => return Ok(Head::Closed),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Parses a request head: `Sse` only for a clean `GET /sse` on HTTP/1.1 without a body.
+fn parse_head(bytes: &[u8], max: usize) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let length = match head.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) if length <= max => length,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        _ => return Head::Other,
+    };
+    let path = head.path.unwrap_or_default();
+    let is_sse = path == "/sse" || path.starts_with("/sse?");
+    if head.method != Some("GET") || head.version != Some(1) || !is_sse {
+        return Head::Other;
+    }
+    let Ok(uri) = path.parse::<Uri>() else {
+        return Head::Other;
+    };
+    let mut map = HeaderMap::with_capacity(head.headers.len());
+    let mut keep_alive = true;
+    for line in head.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(line.name.as_bytes()),
+            HeaderValue::from_bytes(line.value),
+        ) else {
+            return Head::Other;
+        };
+        // A body, an expectation or an upgrade is hyper's business.
+        if [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::EXPECT,
+            header::UPGRADE,
+        ]
+        .contains(&name)
+        {
+            return Head::Other;
+        }
+        if name == header::CONNECTION && has_token(line.value, "close") {
+            keep_alive = false;
+        }
+        map.append(name, value);
+    }
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = map;
+    Head::Sse {
+        request: Box::new(request),
+        length,
+        keep_alive,
+    }
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Writes `response` (head, then its body as it comes), while noticing the peer closing.
+/// Returns whether the connection may carry another request. Bytes the peer sends meanwhile
+/// (a pipelined request) are kept in `pending`.
+async fn write_response<RB>(
+    socket: &mut TcpStream,
+    response: Response<RB>,
+    keep_alive: bool,
+    pending: &mut BytesMut,
+    max_head_bytes: usize,
+) -> io::Result<bool>
+where
+    RB: http_body::Body<Data = Bytes> + Unpin,
+    RB::Error: std::fmt::Display,
+{
+    let (parts, mut body) = response.into_parts();
+    let keep_alive = keep_alive
+        && !parts
+            .headers
+            .get(header::CONNECTION)
+            .is_some_and(|v| has_token(v.as_bytes(), "close"));
+    let no_body = parts.status.is_informational()
+        || parts.status == warp::http::StatusCode::NO_CONTENT
+        || parts.status == warp::http::StatusCode::NOT_MODIFIED;
+    let length = body.size_hint().exact();
+    let chunked = !no_body && length.is_none();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive && !parts.headers.contains_key(header::CONNECTION) {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    match length {
+        _ if no_body => {}
+        Some(length) => head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes()),
+        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head.extend_from_slice(b"\r\n");
+    drop(parts);
+    // The head goes out with the first frame, in one write.
+    let mut head = Some(head);
+    if no_body {
+        drop(body);
+        write_all(socket, &mut [IoSlice::new(&head.unwrap_or_default())]).await?;
+        return Ok(keep_alive);
+    }
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = peer_gone(socket, pending, max_head_bytes) => return Ok(false),
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; closing");
+                return Ok(false);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        let head = head.take().unwrap_or_default();
+        if chunked {
+            let mut size = [0u8; 18];
+            let size = chunk_size_line(data.len(), &mut size);
+            write_all(
+                socket,
+                &mut [
+                    IoSlice::new(&head),
+                    IoSlice::new(size),
+                    IoSlice::new(&data),
+                    IoSlice::new(b"\r\n"),
+                ],
+            )
+            .await?;
+        } else {
+            write_all(socket, &mut [IoSlice::new(&head), IoSlice::new(&data)]).await?;
+        }
+    }
+    // The body is over: let go of what it holds (a subscription, presence) before the next head.
+    drop(body);
+    let head = head.take().unwrap_or_default();
+    let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
+    write_all(socket, &mut [IoSlice::new(&head), IoSlice::new(end)]).await?;
+    Ok(keep_alive)
+}
+
+/// `{len:x}\r\n` without `fmt`.
+fn chunk_size_line(mut len: usize, out: &mut [u8; 18]) -> &[u8] {
+    out[16] = b'\r';
+    out[17] = b'\n';
+    let mut start = 16;
+    loop {
+        start -= 1;
+        out[start] = b"0123456789abcdef"[len & 0xf];
+        len >>= 4;
+        if len == 0 {
+            return &out[start..];
+        }
+    }
+}
+
+/// Writes every byte of `slices`, in as few `writev`s as the socket allows.
+async fn write_all(socket: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let written = socket.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}
+
+/// Resolves when the peer has closed (or reset) the connection, or has sent more than a request
+/// head's worth while its response runs. What it sends is kept for the next request.
+async fn peer_gone(socket: &TcpStream, pending: &mut BytesMut, max: usize) {
+    let mut probe = [0u8; 64];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut probe) {
+            Ok(0) => return,
+            Ok(n) => {
+                pending.extend_from_slice(&probe[..n]);
+                if pending.len() > max {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        let mut out = [0u8; 18];
+        assert_eq!(chunk_size_line(0, &mut out), b"0\r\n");
+        assert_eq!(chunk_size_line(255, &mut out), b"ff\r\n");
+        assert_eq!(chunk_size_line(0x1a2b3, &mut out), b"1a2b3\r\n");
+        assert_eq!(
+            chunk_size_line(usize::MAX, &mut out),
+            b"ffffffffffffffff\r\n"
+        );
+    }
+
+    fn is_sse(head: &str) -> bool {
+        matches!(parse_head(head.as_bytes(), 8192), Head::Sse { .. })
+    }
+
+    #[test]
+    fn only_clean_sse_heads_are_served_here() {
+        assert!(is_sse("GET /sse?stream=a HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(is_sse("GET /sse HTTP/1.1\r\n\r\n"));
+        assert!(!is_sse("GET /sse/ HTTP/1.1\r\n\r\n"));
+        assert!(!is_sse("GET /ssex HTTP/1.1\r\n\r\n"));
+        assert!(!is_sse("HEAD /sse?stream=a HTTP/1.1\r\n\r\n"));
+        assert!(!is_sse("GET /sse?stream=a HTTP/1.0\r\n\r\n"));
+        assert!(!is_sse(
+            "GET /sse?stream=a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!is_sse(
+            "GET /sse?stream=a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"
+        ));
+        assert!(!is_sse("GET /sse?stream=a HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!is_sse("GET http://x/sse?stream=a HTTP/1.1\r\n\r\n"));
+        assert!(matches!(
+            parse_head(b"GET /sse?stream=a HTTP/1.1\r\nHost: x\r\n", 8192),
+            Head::Partial
+        ));
+        let long = format!(
+            "GET /sse?stream=a HTTP/1.1\r\nX: {}\r\n\r\n",
+            "p".repeat(100)
+        );
+        assert!(matches!(parse_head(long.as_bytes(), 64), Head::Other));
+    }
+
+    #[test]
+    fn connection_close_is_honoured() {
+        let Head::Sse { keep_alive, .. } = parse_head(
+            b"GET /sse?stream=a HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n",
+            8192,
+        ) else {
+            panic!("not served here")
+        };
+        assert!(!keep_alive);
+    }
+}
