@@ -106,6 +106,11 @@ enum Mode {
         connections: usize,
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Replay this existing stream's first EVENTS events instead of publishing new ones.
+        #[arg(long)]
+        stream: Option<String>,
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
 }
 
@@ -493,8 +498,14 @@ async fn burst_mode(
     }
 }
 
-async fn replay_mode(url: String, events: usize, batch: usize, connections: usize, size: usize) {
-    use tokio::io::AsyncReadExt;
+/// Publishes `events` events to a new stream in batches; returns the stream's name.
+async fn batch_publish(
+    url: &str,
+    events: usize,
+    batch: usize,
+    connections: usize,
+    size: usize,
+) -> String {
     let stream = format!("replay{}", micros_now() % 1_000_000);
     let data = "x".repeat(size);
     let item = serde_json::json!({"stream": stream, "data": data});
@@ -530,6 +541,14 @@ async fn replay_mode(url: String, events: usize, batch: usize, connections: usiz
         "batch publish: {published} events in batches of {batch} on {connections} connections in {took:.2} s: {:.0} events/s",
         published as f64 / took
     );
+    stream
+}
+
+/// One subscriber reads the first `published` events of `stream` from the log (`last_id=0`).
+async fn replay_mode(url: String, stream: String, published: usize, server_pid: Option<u32>) {
+    use tokio::io::AsyncReadExt;
+    let cpu_before = server_pid.and_then(cpu_ms);
+    let own_before = cpu_ms(std::process::id());
     let started = Instant::now();
     let (mut socket, rest) = open_raw(&format!("{url}/sse?stream={stream}&last_id=0"))
         .await
@@ -550,6 +569,23 @@ async fn replay_mode(url: String, events: usize, batch: usize, connections: usiz
         counter.frames.saturating_sub(1),
         counter.frames.saturating_sub(1) as f64 / took
     );
+    let delivered = counter.frames.saturating_sub(1).max(1) as f64;
+    if let (Some(pid), Some(before)) = (server_pid, cpu_before) {
+        if let Some(after) = cpu_ms(pid) {
+            let cpu = after - before;
+            println!(
+                "replay server cpu: {cpu:.0} ms, {:.0} ns per event",
+                cpu * 1e6 / delivered
+            );
+        }
+    }
+    if let (Some(before), Some(after)) = (own_before, cpu_ms(std::process::id())) {
+        println!(
+            "replay load tool cpu: {:.0} ms, {:.0} ns per event",
+            after - before,
+            (after - before) * 1e6 / delivered
+        );
+    }
 }
 
 fn main() {
@@ -612,7 +648,15 @@ fn main() {
                 batch,
                 connections,
                 size,
-            } => replay_mode(url, events, batch, connections, size).await,
+                stream,
+                server_pid,
+            } => {
+                let stream = match stream {
+                    Some(stream) => stream,
+                    None => batch_publish(&url, events, batch, connections, size).await,
+                };
+                replay_mode(url, stream, events, server_pid).await
+            }
         }
     });
 }

@@ -6,6 +6,12 @@ use clap::Parser;
 use herald::config::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// glibc's allocator spent over 40 % of a log catch-up in `malloc`/`malloc_consolidate`
+/// (sled materialises and drops pages; every event read is a few small allocations); see
+/// BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// herald's own lines at info (connects, disconnects, start and stop), others' warnings.
 const DEFAULT_LOG: &str = "herald=info,warn";
 
