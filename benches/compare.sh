@@ -6,7 +6,9 @@
 # "burst" is 1,000 subscribers that only count frames and 4 publishers posting as fast as they
 # are answered: far more deliveries than one write each can carry, so coalescing shows. "idle"
 # holds 19,000 SSE connections and reports server RSS per connection. "replay" batch-publishes
-# 1,000,000 events durably, then reads them all back from the log on one connection.
+# 1,000,000 events durably, then reads them all back from the log on one connection (again with
+# --cache-mb 1024, twice). "stalled" holds 100 subscribers that never read while batches are
+# published as fast as they are answered, and samples server RSS each second.
 # Usage: benches/compare.sh [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,8 +59,15 @@ for round in $(seq "$rounds"); do
   herald=$pid
   echo -n "herald durable "; load publish --connections 16 --seconds 10
   echo -n "herald "; load latency --subscribers 200 --rate 250 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
-  load replay --events 1000000 --batch 1000 --connections 4 | sed 's/^/herald /'
+  load replay --events 1000000 --batch 1000 --connections 4 --server-pid $herald | sed 's/^/herald /'
   echo "herald rss after replay: $(grep VmRSS /proc/$herald/status)"
+  echo -n "herald "; load stalled --stalled 100 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
+  stop $herald
+  # Catch-up with the replayed range in sled's cache: the second pass reads no disk.
+  rm -rf "$work/data"
+  start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data" --max-len 0 --cache-mb 1024
+  herald=$pid
+  load replay --events 1000000 --batch 1000 --connections 4 --passes 2 --server-pid $herald | sed 's/^/herald cache-mb 1024 /'
   stop $herald
   rm -rf "$work/data"
   start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data"

@@ -92,6 +92,23 @@ enum Mode {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// K subscribers that never read (their sockets fill, then TCP pushes back), one that reads
+    /// and counts, and batch publishing as fast as answers come (herald only): server RSS each
+    /// second, to show a stalled subscriber costs bounded memory.
+    Stalled {
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        stalled: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long, default_value_t = 1000)]
+        size: usize,
+        #[arg(long)]
+        server_pid: u32,
+    },
     /// Batch publishing (`POST /publish`, herald only) of N events, then one subscriber that
     /// replays them all from the log (`last_id=0`), counting frames.
     Replay {
@@ -109,6 +126,9 @@ enum Mode {
         /// Replay this existing stream's first EVENTS events instead of publishing new ones.
         #[arg(long)]
         stream: Option<String>,
+        /// Replays, one after the other (the first may read from disk, later ones from cache).
+        #[arg(long, default_value_t = 1)]
+        passes: usize,
         #[arg(long)]
         server_pid: Option<u32>,
     },
@@ -498,6 +518,81 @@ async fn burst_mode(
     }
 }
 
+async fn stalled_mode(
+    url: String,
+    stalled: usize,
+    seconds: u64,
+    batch: usize,
+    size: usize,
+    pid: u32,
+) {
+    use tokio::io::AsyncReadExt;
+    let stream = format!("stalled{}", micros_now() % 1_000_000);
+    let sub = format!("{url}/sse?stream={stream}");
+    let mut sleepers = Vec::new();
+    for _ in 0..stalled {
+        sleepers.push(open_raw(&sub).await.expect("subscribe").0);
+    }
+    let (mut reader, rest) = open_raw(&sub).await.expect("subscribe");
+    let frames = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = frames.clone();
+    let counting = tokio::spawn(async move {
+        let mut counter = FrameCounter::default();
+        counter.feed(&rest);
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(n @ 1..) = reader.read(&mut buf).await {
+            counter.feed(&buf[..n]);
+            // The opening `retry:` frame is not an event.
+            counted.store(counter.frames - 1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let item = serde_json::json!({"stream": stream, "data": "x".repeat(size)});
+    let body: bytes::Bytes = serde_json::to_vec(&vec![item; batch]).expect("json").into();
+    let start_rss = rss_kib(pid).unwrap_or(0);
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut published = 0;
+    let mut samples = Vec::new();
+    let mut next_sample = Duration::from_secs(1);
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let r = client
+            .post(format!("{url}/publish"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("publish");
+        assert!(r.status().is_success(), "publish: {}", r.status());
+        let _ = r.bytes().await;
+        published += batch;
+        if started.elapsed() >= next_sample {
+            samples.push(rss_kib(pid).unwrap_or(0));
+            next_sample += Duration::from_secs(1);
+        }
+    }
+    let rss = |kib: u64| format!("{:.0} MB", kib as f64 / 1024.0);
+    println!(
+        "stalled: {stalled} stalled subscribers + 1 reading, {published} events of {size} B ({:.0} MB) published in {seconds} s; server rss {} at start, by second: {}",
+        (published * size) as f64 / 1e6,
+        rss(start_rss),
+        samples.iter().map(|&k| rss(k)).collect::<Vec<_>>().join(" ")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while frames.load(std::sync::atomic::Ordering::Relaxed) < published as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "stalled: the reading subscriber got {} of {published}; server rss after {}",
+        frames.load(std::sync::atomic::Ordering::Relaxed),
+        rss(rss_kib(pid).unwrap_or(0))
+    );
+    counting.abort();
+    let _ = counting.await;
+    drop(sleepers);
+}
+
 /// Publishes `events` events to a new stream in batches; returns the stream's name.
 async fn batch_publish(
     url: &str,
@@ -642,6 +737,14 @@ fn main() {
                 )
                 .await
             }
+            Mode::Stalled {
+                url,
+                stalled,
+                seconds,
+                batch,
+                size,
+                server_pid,
+            } => stalled_mode(url, stalled, seconds, batch, size, server_pid).await,
             Mode::Replay {
                 url,
                 events,
@@ -649,13 +752,16 @@ fn main() {
                 connections,
                 size,
                 stream,
+                passes,
                 server_pid,
             } => {
                 let stream = match stream {
                     Some(stream) => stream,
                     None => batch_publish(&url, events, batch, connections, size).await,
                 };
-                replay_mode(url, stream, events, server_pid).await
+                for _ in 0..passes {
+                    replay_mode(url.clone(), stream.clone(), events, server_pid).await
+                }
             }
         }
     });
