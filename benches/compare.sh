@@ -74,9 +74,16 @@ for round in $(seq "$rounds"); do
   herald=$pid
   echo -n "herald "; load idle --connections 19000 --server-pid $herald
   stop $herald
+  # Stored, but acknowledged before the fsync (a crash may lose the last 100 ms).
+  rm -rf "$work/data"
+  start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data" --flush-interval 100
+  herald=$pid
+  echo -n "herald flush-interval 100 "; load publish --connections 16 --seconds 10
+  stop $herald
   # The burst measures fan-out, so herald keeps events in memory here, as nchan does.
   start 7070 target/release/herald --listen 127.0.0.1:7070 --memory
   herald=$pid
+  echo -n "herald memory "; load publish --connections 16 --seconds 10
   echo -n "herald memory "; load latency --subscribers 200 --rate 250 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
   echo -n "herald "; load burst --subscribers 1000 --publishers 4 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
   stop $herald

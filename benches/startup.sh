@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Start-up time of herald with a large store, after kill -9 and after a clean stop.
 #   benches/startup.sh [events] [runs]      (defaults: 1000000 events, 5 runs each)
-# Builds the store once (10 streams, ~45 B per event, durable batch publishes of 10,000), then
-# for each run: start, wait for the "listening" line, publish one event, stop (kill -9 or
-# SIGTERM), and time the next start to its "listening" line. Prints every run and the medians.
+# Builds the store once (one stream, 100 B per event, durable `POST /publish` batches of 250 on
+# 4 connections, by the load tool, which then replays them all), then for each run: start, wait
+# for the "listening" line, publish one event, stop (kill -9 or SIGTERM), and time the next start
+# to its "listening" line. Prints every run and the medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-1000000}
@@ -11,11 +12,9 @@ RUNS=${2:-5}
 PORT=7093
 BIN=target/release/herald
 DATA=$(mktemp -d /tmp/herald-startup-XXXXXX)
-trap 'pkill -f "herald --listen 127.0.0.1:$PORT" || true; rm -rf "$DATA" /tmp/herald-startup-batch.json' EXIT
+trap 'pkill -f "herald --listen 127.0.0.1:$PORT" || true; rm -rf "$DATA"' EXIT
 cargo build --release --quiet
-
-python3 -c "import json; print(json.dumps([{'stream': 's%d' % (i % 10), 'data': 'event number %d with some padding text' % i} for i in range(10000)]))" \
-  > /tmp/herald-startup-batch.json
+cargo bench --bench load --no-run --quiet 2>/dev/null
 
 # Starts herald in the background; sets STARTUP to the seconds until its first stdout line.
 start() {
@@ -32,12 +31,9 @@ stop() { # $1: KILL or TERM
 }
 
 start
-t0=$(date +%s.%N)
-for _ in $(seq $((EVENTS / 10000))); do
-  curl -sf -o /dev/null -XPOST -H 'content-type: application/json' \
-    --data-binary @/tmp/herald-startup-batch.json http://127.0.0.1:$PORT/publish
-done
-echo "published $EVENTS events in $(echo "$(date +%s.%N) - $t0" | bc) s; store $(du -sh "$DATA" | cut -f1)"
+cargo bench --quiet --bench load -- replay --url http://127.0.0.1:$PORT --events "$EVENTS" \
+  --batch 250 --connections 4 --server-pid "$HERALD_PID"
+echo "store $(du -sh "$DATA" | cut -f1); server rss $(grep VmRSS /proc/"$HERALD_PID"/status)"
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for how in KILL TERM; do
