@@ -55,7 +55,7 @@ where
     loop {
         let head = tokio::select! {
             biased;
-            _ = stopping.wait_for(|stop| *stop) => return Ok(Served::Closed),
+            () = stop_signal(&mut stopping) => return Ok(Served::Closed),
             head = tokio::time::timeout(idle_timeout, read_head(socket, &mut buffer, max_head_bytes)) => head,
         };
         let (request, keep_alive) = match head {
@@ -85,6 +85,14 @@ where
         if !keep_alive {
             return Ok(Served::Closed);
         }
+    }
+}
+
+/// Resolves once the server is stopping. A signal whose sender was dropped never fires: an
+/// embedder that let go of its `ShutdownSignal` still gets its connections served.
+async fn stop_signal(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
