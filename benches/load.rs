@@ -518,6 +518,19 @@ async fn burst_mode(
     }
 }
 
+/// One `POST /publish` of a JSON array; panics unless it is accepted.
+async fn post_batch(client: &reqwest::Client, url: &str, body: &bytes::Bytes) {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("publish");
+    assert!(r.status().is_success(), "publish: {}", r.status());
+    let _ = r.bytes().await;
+}
+
 async fn stalled_mode(
     url: String,
     stalled: usize,
@@ -555,15 +568,7 @@ async fn stalled_mode(
     let mut samples = Vec::new();
     let mut next_sample = Duration::from_secs(1);
     while started.elapsed() < Duration::from_secs(seconds) {
-        let r = client
-            .post(format!("{url}/publish"))
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .expect("publish");
-        assert!(r.status().is_success(), "publish: {}", r.status());
-        let _ = r.bytes().await;
+        post_batch(&client, &format!("{url}/publish"), &body).await;
         published += batch;
         if started.elapsed() >= next_sample {
             samples.push(rss_kib(pid).unwrap_or(0));
@@ -614,15 +619,7 @@ async fn batch_publish(
             tokio::spawn(async move {
                 let client = reqwest::Client::new();
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
-                    let r = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .expect("publish");
-                    assert!(r.status().is_success(), "publish: {}", r.status());
-                    let _ = r.bytes().await;
+                    post_batch(&client, &url, &body).await;
                 }
             })
         })

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -94,25 +94,7 @@ fn address(server: &Server) -> String {
 /// Reads until the server closes the socket or `within` passes; what was read and whether the
 /// server closed it.
 fn read_until_closed(socket: &mut TcpStream, within: Duration) -> (String, bool) {
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + within;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match socket.read(&mut buf) {
-            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
-        }
-    }
-    (String::from_utf8_lossy(&got).into_owned(), false)
+    read_raw_until(socket, within, |_| false)
 }
 
 #[tokio::test]

@@ -5,42 +5,18 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 fn connect(server: &Server) -> TcpStream {
-    let socket = TcpStream::connect(server.url.strip_prefix("http://").unwrap()).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    socket
+    TcpStream::connect(server.url.strip_prefix("http://").unwrap()).unwrap()
 }
 
-/// Reads until `done` says the bytes so far are complete, the peer closes, or 10 s pass.
-/// Returns the bytes and whether the peer closed.
 fn read_until(socket: &mut TcpStream, done: impl Fn(&str) -> bool) -> (String, bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        if done(&String::from_utf8_lossy(&got)) {
-            return (String::from_utf8_lossy(&got).into_owned(), false);
-        }
-        match socket.read(&mut buf) {
-            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
-        }
-    }
-    (String::from_utf8_lossy(&got).into_owned(), false)
+    read_raw_until(socket, Duration::from_secs(10), done)
 }
 
 /// Splits an HTTP/1.1 response into its head (lowercased) and its chunked body, decoded;

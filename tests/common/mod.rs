@@ -369,3 +369,36 @@ pub fn raw_subscriber(server: &Server, query: &str) -> std::net::TcpStream {
     assert!(head[..n].starts_with(b"HTTP/1.1 200"), "subscribed");
     socket
 }
+
+/// Reads a raw socket until `done` says the text so far is complete, the server closes the
+/// connection, or `within` passes. Returns the text and whether the server closed it.
+pub fn read_raw_until(
+    socket: &mut std::net::TcpStream,
+    within: Duration,
+    done: impl Fn(&str) -> bool,
+) -> (String, bool) {
+    use std::io::Read;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let text = |got: &[u8]| String::from_utf8_lossy(got).into_owned();
+    while std::time::Instant::now() < deadline {
+        if done(&text(&got)) {
+            return (text(&got), false);
+        }
+        match socket.read(&mut buf) {
+            Ok(0) => return (text(&got), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (text(&got), true),
+        }
+    }
+    (text(&got), false)
+}
