@@ -95,9 +95,21 @@ impl Default for HttpOptions {
 }
 
 /// What every handler gets: the broker, the options, the subscription counts, and the
-/// shutdown signal.
+/// shutdown signal. One `Arc`: warp's filters clone it into every request's futures (dozens of
+/// times per request), so a clone must be one count, not one per field.
 #[derive(Clone)]
-pub struct Api {
+pub struct Api(Arc<ApiState>);
+
+impl std::ops::Deref for Api {
+    type Target = ApiState;
+
+    fn deref(&self) -> &ApiState {
+        &self.0
+    }
+}
+
+/// The fields of an [`Api`].
+pub struct ApiState {
     pub broker: Broker,
     pub options: Arc<HttpOptions>,
     pub limits: Arc<ConnectionLimits>,
@@ -149,7 +161,7 @@ impl Api {
         let limits = ConnectionLimits::new(options.max_connections, options.max_connections_per_ip);
         let metrics = admin::HttpMetrics::default();
         let exporter = Arc::new(admin::Exporter::new(&broker, &metrics));
-        let api = Api {
+        let api = Api(Arc::new(ApiState {
             broker,
             options: Arc::new(options),
             limits: Arc::new(limits),
@@ -157,7 +169,7 @@ impl Api {
             metrics: Arc::new(metrics),
             started: Instant::now(),
             shutdown: rx,
-        };
+        }));
         (api, ShutdownSignal(tx))
     }
 }
