@@ -8,31 +8,10 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-async fn status_of(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let body = if status == 204 {
-        Value::Null
-    } else {
-        response.json().await.expect("json body")
-    };
-    (status, body)
-}
-
 async fn delete(server: &Server, stream: &str) -> (u16, Value) {
     status_of(
         client()
             .delete(server.at(&format!("/streams/{stream}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-}
-
-async fn close(server: &Server, stream: &str) -> (u16, Value) {
-    status_of(
-        client()
-            .post(server.at(&format!("/streams/{stream}/close")))
             .send()
             .await
             .unwrap(),
@@ -124,7 +103,7 @@ async fn sealing_ends_subscriptions_and_new_ones_get_204() {
     let mixed = RawSse::open(&server, "stream=quiz&stream=chat", None).await;
     from_start.wait_for(&format!("id: {}", ids[1])).await;
 
-    let (status, info) = close(&server, "quiz").await;
+    let (status, info) = seal(&server, "quiz").await;
     assert_eq!(status, 200);
     assert_eq!(info["sealed"], true);
     assert_eq!(info["last_id"], ids[1].to_string());
@@ -179,7 +158,7 @@ async fn sealing_ends_subscriptions_and_new_ones_get_204() {
     assert_eq!(got[1], "event: close\ndata: quiz");
 
     // Closing again is harmless.
-    assert_eq!(close(&server, "quiz").await.0, 200);
+    assert_eq!(seal(&server, "quiz").await.0, 200);
     let (_, listing) = get_json(&server, "/streams").await;
     let quiz = listing
         .as_array()
@@ -193,7 +172,7 @@ async fn sealing_ends_subscriptions_and_new_ones_get_204() {
 #[tokio::test]
 async fn a_stream_sealed_before_its_first_event_takes_none() {
     let server = Server::start(&[]);
-    assert_eq!(close(&server, "never-opened").await.0, 200);
+    assert_eq!(seal(&server, "never-opened").await.0, 200);
     assert_eq!(try_publish(&server, "never-opened", "x").await.0, 409);
     let response = RawSse::open(&server, "stream=never-opened&last_id=0", None).await;
     assert_eq!(response.status, 204);
@@ -299,7 +278,7 @@ async fn seals_deletes_and_settings_survive_restarts_clean_or_killed() {
     let sealed = publish(&server, "sealed", "last words").await;
     publish(&server, "deleted", "gone").await;
     let deleted_last = publish(&server, "deleted", "gone too").await;
-    assert_eq!(close(&server, "sealed").await.0, 200);
+    assert_eq!(seal(&server, "sealed").await.0, 200);
     assert_eq!(delete(&server, "deleted").await.0, 204);
     assert_eq!(
         put_retention(&server, "tuned", r#"{"max_len": 3, "max_age": 60}"#)

@@ -58,12 +58,7 @@ async fn an_sse_response_is_chunked_http1_and_ends_with_its_sealed_stream() {
     let (opening, _) = read_until(&mut socket, |s| s.contains("retry:"));
     assert!(opening.starts_with("HTTP/1.1 200 OK\r\n"), "{opening:?}");
     let id = publish(&server, "wire", "line one\nline two").await;
-    let sealed = client()
-        .post(server.at("/streams/wire/close"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sealed.status(), 200);
+    assert_eq!(seal(&server, "wire").await.0, 200);
     let (rest, closed) = read_until(&mut socket, |s| dechunk(&format!("{opening}{s}")).is_some());
     let response = format!("{opening}{rest}");
     assert!(!closed, "the connection stays open after the response");
@@ -133,11 +128,7 @@ async fn a_request_pipelined_behind_an_sse_request_is_answered_after_it() {
         "not answered while the SSE runs"
     );
     let id = publish(&server, "first", "only").await;
-    client()
-        .post(server.at("/streams/first/close"))
-        .send()
-        .await
-        .unwrap();
+    seal(&server, "first").await;
     let (rest, _) = read_until(&mut socket, |s| s.contains("\"name\""));
     let got = format!("{opening}{rest}");
     // The SSE response ends with its last chunk; the pipelined answer follows it.
@@ -164,11 +155,7 @@ async fn connection_close_on_an_sse_request_closes_once_the_response_ends() {
             .contains("\r\nconnection: close\r\n"),
         "{opening:?}"
     );
-    client()
-        .post(server.at("/streams/bye/close"))
-        .send()
-        .await
-        .unwrap();
+    seal(&server, "bye").await;
     let (got, closed) = read_until(&mut socket, |_| false);
     assert!(closed, "closed after the response: {got:?}");
     assert!(got.ends_with("0\r\n\r\n"), "{got:?}");

@@ -257,13 +257,12 @@ where
     }
     head.extend_from_slice(b"\r\n");
     drop(parts);
-    // The head goes out with the first frame, in one write.
-    let mut head = Some(head);
     if no_body {
         drop(body);
-        write_all(socket, &mut [IoSlice::new(&head.unwrap_or_default())]).await?;
+        write_all(socket, &mut [IoSlice::new(&head)]).await?;
         return Ok(keep_alive);
     }
+    // The head goes out with the first frame, in one write (taking it leaves an empty `Vec`).
     loop {
         let frame = tokio::select! {
             biased;
@@ -281,7 +280,7 @@ where
                 _ => continue,
             },
         };
-        let head = head.take().unwrap_or_default();
+        let head = std::mem::take(&mut head);
         if chunked {
             let mut size = [0u8; 18];
             let size = chunk_size_line(data.len(), &mut size);
@@ -301,7 +300,6 @@ where
     }
     // The body is over: let go of what it holds (a subscription, presence) before the next head.
     drop(body);
-    let head = head.take().unwrap_or_default();
     let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
     write_all(socket, &mut [IoSlice::new(&head), IoSlice::new(end)]).await?;
     Ok(keep_alive)

@@ -402,3 +402,26 @@ pub fn read_raw_until(
     }
     (text(&got), false)
 }
+
+/// A response's status, and its JSON body (`null` for `204`).
+pub async fn status_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = if status == 204 {
+        Value::Null
+    } else {
+        response.json().await.expect("json body")
+    };
+    (status, body)
+}
+
+/// `POST /streams/{stream}/close`: seals the stream.
+pub async fn seal(server: &Server, stream: &str) -> (u16, Value) {
+    status_of(
+        client()
+            .post(server.at(&format!("/streams/{stream}/close")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
