@@ -4,7 +4,8 @@
 # Builds the store once (one stream, 100 B per event, durable `POST /publish` batches of 250 on
 # 4 connections, by the load tool, which then replays them all), then for each run: start, wait
 # for the "listening" line, publish one event, stop (kill -9 or SIGTERM), and time the next start
-# to its "listening" line. Prints every run and the medians.
+# to its "listening" line. Prints every run and the medians. herald runs on core 0, the load tool
+# on core 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-1000000}
@@ -20,7 +21,7 @@ cargo bench --bench load --no-run --quiet 2>/dev/null
 start() {
   local t0
   t0=$(date +%s.%N)
-  coproc HERALD { exec "$BIN" --listen 127.0.0.1:$PORT --data "$DATA" --max-len 0 2>/dev/null; }
+  coproc HERALD { exec taskset -c 0 "$BIN" --listen 127.0.0.1:$PORT --data "$DATA" --max-len 0 2>/dev/null; }
   read -r _ <&"${HERALD[0]}"
   STARTUP=$(echo "$(date +%s.%N) - $t0" | bc)
 }
@@ -31,7 +32,7 @@ stop() { # $1: KILL or TERM
 }
 
 start
-cargo bench --quiet --bench load -- replay --url http://127.0.0.1:$PORT --events "$EVENTS" \
+taskset -c 1 cargo bench --quiet --bench load -- replay --url http://127.0.0.1:$PORT --events "$EVENTS" \
   --batch 250 --connections 4 --server-pid "$HERALD_PID"
 echo "store $(du -sh "$DATA" | cut -f1); server rss $(grep VmRSS /proc/"$HERALD_PID"/status)"
 
