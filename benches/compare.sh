@@ -5,7 +5,8 @@
 # measured in the same run. Prints one line per measurement; BENCHMARKS.md records the medians.
 # "burst" is 1,000 subscribers that only count frames and 4 publishers posting as fast as they
 # are answered: far more deliveries than one write each can carry, so coalescing shows. "idle"
-# holds 19,000 SSE connections and reports server RSS per connection. "replay" batch-publishes
+# holds 19,000 SSE connections and reports server RSS per connection, in plain HTTP/1.1 and over
+# TLS (a self-signed certificate made here with openssl). "replay" batch-publishes
 # 1,000,000 events durably, then reads them all back from the log on one connection (again with
 # --cache-mb 1024, twice). "stalled" holds 100 subscribers that never read while batches are
 # published as fast as they are answered, and samples server RSS each second.
@@ -13,8 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-if [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan
+if [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || ! command -v openssl >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan openssl
 fi
 cargo build --release --quiet
 cargo bench --bench load --no-run --quiet 2>/dev/null
@@ -24,6 +25,9 @@ load() { taskset -c 1 cargo bench --quiet --bench load -- "$@"; }
 
 work=$(mktemp -d)
 mkdir -p "$work/nginx/logs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout "$work/tls.key" -out "$work/tls.crt" -subj "/CN=127.0.0.1" \
+  -addext "subjectAltName=IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null
 cat > "$work/nginx/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
 worker_processes 1;
@@ -36,6 +40,13 @@ http {
   access_log off;
   server {
     listen 127.0.0.1:8090;
+    location ~ /pub/([\w:.-]+)$ { nchan_publisher; nchan_channel_id \$1; }
+    location ~ /sub/([\w:.-]+)$ { nchan_subscriber; nchan_channel_id \$1; nchan_subscriber_first_message newest; }
+  }
+  server {
+    listen 127.0.0.1:8443 ssl;
+    ssl_certificate $work/tls.crt;
+    ssl_certificate_key $work/tls.key;
     location ~ /pub/([\w:.-]+)$ { nchan_publisher; nchan_channel_id \$1; }
     location ~ /sub/([\w:.-]+)$ { nchan_subscriber; nchan_channel_id \$1; nchan_subscriber_first_message newest; }
   }
@@ -74,6 +85,11 @@ for round in $(seq "$rounds"); do
   herald=$pid
   echo -n "herald "; load idle --connections 19000 --server-pid $herald
   stop $herald
+  rm -rf "$work/data"
+  start 7443 target/release/herald --listen 127.0.0.1:7443 --data "$work/data" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key"
+  herald=$pid
+  echo -n "herald tls "; load idle --url https://127.0.0.1:7443 --connections 19000 --server-pid $herald --ca "$work/tls.crt"
+  stop $herald
   # Stored, but acknowledged before the fsync (a crash may lose the last 100 ms).
   rm -rf "$work/data"
   start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data" --flush-interval 100
@@ -95,6 +111,11 @@ for round in $(seq "$rounds"); do
   echo -n "nchan "; load latency --target nchan --url http://127.0.0.1:8090 --subscribers 200 --rate 250 --seconds 10 --server-pid "$worker" | tr '\n' ' '; echo
   echo -n "nchan "; load burst --target nchan --url http://127.0.0.1:8090 --subscribers 1000 --publishers 4 --seconds 10 --server-pid "$worker" | tr '\n' ' '; echo
   echo -n "nchan "; load idle --target nchan --url http://127.0.0.1:8090 --connections 19000 --server-pid "$worker"
+  stop $nginx -QUIT
+  start 8090 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
+  nginx=$pid
+  worker=$(pgrep -P $nginx | head -1)
+  echo -n "nchan tls "; load idle --target nchan --url https://127.0.0.1:8443 --connections 19000 --server-pid "$worker" --ca "$work/tls.crt"
   stop $nginx -QUIT
 
   start 7080 "$floor_bin" 127.0.0.1:7080

@@ -72,6 +72,9 @@ enum Mode {
         connections: usize,
         #[arg(long)]
         server_pid: u32,
+        /// With an `https://` url: the PEM certificate to trust (herald's `--tls-cert`).
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
     },
     /// S subscribers that only count frames (no parsing, so the load tool keeps up), and P
     /// publishers posting single events as fast as answers come: deliveries/s, which is where
@@ -309,11 +312,56 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// A raw `GET` of an event stream: the socket, once the response head has been read (any bytes
 /// read past it are counted as frames by the caller).
 async fn open_raw(url: &str) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut socket = tokio::net::TcpStream::connect(host).await?;
+    let socket = tokio::net::TcpStream::connect(host).await?;
     socket.set_nodelay(true)?;
+    sse_request(socket, host, path).await
+}
+
+/// The same over TLS (HTTP/1.1: no ALPN is offered), trusting `tls`'s roots.
+async fn open_tls(
+    url: &str,
+    tls: &tokio_rustls::TlsConnector,
+) -> std::io::Result<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+)> {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let socket = tokio::net::TcpStream::connect(host).await?;
+    socket.set_nodelay(true)?;
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let name = ServerName::try_from(name.to_owned()).map_err(std::io::Error::other)?;
+    let socket = tls.connect(name, socket).await?;
+    sse_request(socket, host, path).await
+}
+
+/// A TLS client that trusts the certificates in one PEM file.
+fn tls_connector(ca: &std::path::Path) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("read --ca") {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("trust --ca");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+async fn sse_request<S>(mut socket: S, host: &str, path: &str) -> std::io::Result<(S, Vec<u8>)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
     socket.write_all(request.as_bytes()).await?;
@@ -353,18 +401,48 @@ impl FrameCounter {
     }
 }
 
-async fn idle_mode(target: Target, url: String, connections: usize, pid: u32) {
-    use tokio::io::AsyncReadExt;
+/// Idle subscribers, over TLS when the url is `https://` (trusting `ca`).
+async fn idle(
+    target: Target,
+    url: String,
+    connections: usize,
+    pid: u32,
+    ca: Option<&std::path::Path>,
+) {
     let stream = format!("idle{}", micros_now() % 1_000_000);
     let sub = subscribe_url(target, &url, &stream);
+    if url.starts_with("https://") {
+        let tls = tls_connector(ca.expect("--ca: the certificate to trust over https"));
+        idle_mode(target, &url, &stream, connections, pid, || {
+            open_tls(&sub, &tls)
+        })
+        .await
+    } else {
+        idle_mode(target, &url, &stream, connections, pid, || open_raw(&sub)).await
+    }
+}
+
+async fn idle_mode<S, F, O>(
+    target: Target,
+    url: &str,
+    stream: &str,
+    connections: usize,
+    pid: u32,
+    open: O,
+) where
+    S: tokio::io::AsyncRead + Unpin + Send + 'static,
+    F: std::future::Future<Output = std::io::Result<(S, Vec<u8>)>>,
+    O: Fn() -> F,
+{
+    use tokio::io::AsyncReadExt;
     // One connection first, so the baseline includes the stream's channel and warm buffers.
-    let first = open_raw(&sub).await.expect("first subscriber");
+    let first = open().await.expect("first subscriber");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid).expect("server rss");
     let started = Instant::now();
     let mut sockets = vec![first];
     for i in 1..connections {
-        match open_raw(&sub).await {
+        match open().await {
             Ok(s) => sockets.push(s),
             Err(e) => {
                 println!("idle: connection {i} failed: {e}");
@@ -377,9 +455,12 @@ async fn idle_mode(target: Target, url: String, connections: usize, pid: u32) {
     let after = rss_kib(pid).expect("server rss");
     let held = sockets.len();
     // Prove they are live: one event must reach every one of them.
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("http client");
     let _ = client
-        .post(publish_url(target, &url, &stream))
+        .post(publish_url(target, url, stream))
         .body("are you there")
         .send()
         .await;
@@ -713,7 +794,8 @@ fn main() {
                 url,
                 connections,
                 server_pid,
-            } => idle_mode(target, url, connections, server_pid).await,
+                ca,
+            } => idle(target, url, connections, server_pid, ca.as_deref()).await,
             Mode::Burst {
                 target,
                 url,
