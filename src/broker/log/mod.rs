@@ -393,6 +393,21 @@ mod contract_tests {
         exercise(&SledLog::open(dir.path(), 16 << 20, None).unwrap());
     }
 
+    /// Opens a sled log in `dir`, waiting for a previous opening's lock: a dropped sled database
+    /// lets go of it only once its io threads have finished their last writes, a moment later.
+    fn open_sled(dir: &std::path::Path) -> SledLog {
+        for _ in 0..200 {
+            match SledLog::open(dir, 16 << 20, None) {
+                Ok(log) => return log,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the lock of the previous opening was never released")
+    }
+
     type Seen = (u64, String, Option<String>, String, u64);
 
     fn seen(events: Vec<Event>) -> Vec<Seen> {
@@ -411,7 +426,7 @@ mod contract_tests {
     #[test]
     fn sled_runs_read_back_exactly_what_the_memory_log_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || SledLog::open(dir.path(), 16 << 20, None).unwrap();
+        let open = || open_sled(dir.path());
         let mut sled = open();
         let memory = MemoryLog::new();
         let names: Vec<StreamName> = ["a", "b", "c"]
@@ -525,7 +540,7 @@ mod contract_tests {
             db.insert(b"s", &4u64.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
-        let log = SledLog::open(dir.path(), 16 << 20, None).unwrap();
+        let log = open_sled(dir.path());
         let old = StreamName::new("old").unwrap();
         let all = log.read(&old, EventId(0), EventId(99), 99).unwrap();
         assert_eq!(
@@ -567,7 +582,7 @@ mod contract_tests {
             max_age_ms: Some(60_000),
         };
         {
-            let log = SledLog::open(dir.path(), 16 << 20, None).unwrap();
+            let log = open_sled(dir.path());
             log.append(vec![new("a", "x"), new("gone", "y"), new("gone", "z")], 1)
                 .unwrap();
             log.put_settings(&a, settings).unwrap();
@@ -575,7 +590,7 @@ mod contract_tests {
             log.sync().unwrap();
             // no close(), no purge: as after a crash right after the delete
         }
-        let log = SledLog::open(dir.path(), 16 << 20, None).unwrap();
+        let log = open_sled(dir.path());
         assert_eq!(log.settings(&a), settings);
         assert!(log.stats(&gone).is_none());
         assert!(log
@@ -590,13 +605,13 @@ mod contract_tests {
     fn sled_log_never_reuses_ids_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let last = {
-            let log = SledLog::open(dir.path(), 16 << 20, None).unwrap();
+            let log = open_sled(dir.path());
             let events = log.append(vec![new("a", "x")], 1).unwrap();
             log.sync().unwrap();
             // no close(): as after a crash
             events[0].id
         };
-        let log = SledLog::open(dir.path(), 16 << 20, None).unwrap();
+        let log = open_sled(dir.path());
         assert!(log.last_id() >= last);
         let next = log.append(vec![new("a", "y")], 2).unwrap();
         assert!(next[0].id > last);
