@@ -203,20 +203,23 @@ impl Writer {
         }
         let mut sizes = Vec::with_capacity(group.len());
         let mut replies = Vec::with_capacity(group.len());
-        let mut all = Vec::new();
+        let mut requests = Vec::with_capacity(group.len());
         for (events, reply) in group {
             sizes.push(events.len());
             replies.push(reply);
-            all.extend(events);
+            requests.push(events);
         }
         // Never let time go backwards, so age-based retention agrees with id order.
         *last_time = now_millis().max(*last_time);
-        let appended = self.log.append(all, *last_time).and_then(|events| {
-            if self.durability == Durability::Fsync {
-                self.sync()?;
-            }
-            Ok(events)
-        });
+        let appended = self
+            .log
+            .append_group(requests, *last_time)
+            .and_then(|events| {
+                if self.durability == Durability::Fsync {
+                    self.sync()?;
+                }
+                Ok(events)
+            });
         let events: Vec<Arc<Event>> = match appended {
             Ok(events) => events.into_iter().map(Arc::new).collect(),
             Err(e) => {

@@ -155,6 +155,18 @@ pub trait Log: Send + Sync + 'static {
     /// Appended events may be read back at once; they are durable only after [`Log::sync`].
     fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, LogError>;
 
+    /// Appends several independent requests' events, in order, as one group: ids as if their
+    /// events were one [`Log::append`]. Each request is all or nothing; after a crash before
+    /// [`Log::sync`], a backend may keep some of the group's requests and not others (none was
+    /// acknowledged yet). The default appends everything at once.
+    fn append_group(
+        &self,
+        requests: Vec<Vec<NewEvent>>,
+        time: u64,
+    ) -> Result<Vec<Event>, LogError> {
+        self.append(requests.into_iter().flatten().collect(), time)
+    }
+
     /// Makes everything appended so far durable (fsync).
     fn sync(&self) -> Result<(), LogError>;
 
@@ -221,6 +233,22 @@ pub trait Log: Send + Sync + 'static {
 
     /// Flushes and records a clean stop.
     fn close(&self) -> Result<(), LogError>;
+}
+
+#[cfg(test)]
+/// Opens a sled log in `dir`, waiting for a previous opening's lock: a dropped sled database
+/// lets go of it only once its io threads have finished their last writes, a moment later.
+pub(crate) fn open_sled(dir: &std::path::Path) -> SledLog {
+    for _ in 0..200 {
+        match SledLog::open(dir, 16 << 20, None) {
+            Ok(log) => return log,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the lock of the previous opening was never released")
 }
 
 #[cfg(test)]
@@ -393,21 +421,6 @@ mod contract_tests {
         exercise(&SledLog::open(dir.path(), 16 << 20, None).unwrap());
     }
 
-    /// Opens a sled log in `dir`, waiting for a previous opening's lock: a dropped sled database
-    /// lets go of it only once its io threads have finished their last writes, a moment later.
-    fn open_sled(dir: &std::path::Path) -> SledLog {
-        for _ in 0..200 {
-            match SledLog::open(dir, 16 << 20, None) {
-                Ok(log) => return log,
-                Err(e) if e.to_string().contains("could not acquire lock") => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        panic!("the lock of the previous opening was never released")
-    }
-
     type Seen = (u64, String, Option<String>, String, u64);
 
     fn seen(events: Vec<Event>) -> Vec<Seen> {
@@ -479,10 +492,33 @@ mod contract_tests {
                             },
                         })
                         .collect();
-                    assert_eq!(
-                        seen(sled.append(events.clone(), time).unwrap()),
-                        seen(memory.append(events, time).unwrap())
-                    );
+                    if rng.bool() {
+                        assert_eq!(
+                            seen(sled.append(events.clone(), time).unwrap()),
+                            seen(memory.append(events, time).unwrap())
+                        );
+                    } else {
+                        // A group of requests, each of one stream or not.
+                        let one_stream_each = rng.bool();
+                        let mut requests: Vec<Vec<NewEvent>> = Vec::new();
+                        for event in events {
+                            let starts_new = match requests.last() {
+                                None => true,
+                                Some(r) if one_stream_each => r[0].stream != event.stream,
+                                Some(_) => rng.u8(0..4) == 0,
+                            };
+                            if starts_new {
+                                requests.push(Vec::new());
+                            }
+                            if let Some(r) = requests.last_mut() {
+                                r.push(event);
+                            }
+                        }
+                        assert_eq!(
+                            seen(sled.append_group(requests.clone(), time).unwrap()),
+                            seen(memory.append_group(requests, time).unwrap())
+                        );
+                    }
                 }
             }
             let last = memory.last_id().0;

@@ -1,5 +1,7 @@
-//! The log on sled: one tree, so that an append — its events, its streams' counters and, when
-//! needed, a new id reservation — is one atomic `apply_batch`.
+//! The log on sled, in one tree. An append is all or nothing after a crash: one atomic
+//! `apply_batch` of its runs and its streams' counters, or — for the common single run to a
+//! known stream — the run then the counters as two inserts, the counters caught up at the next
+//! opening if a crash fell between them. New ids are reserved durably before use.
 //!
 //! Keys:
 //! - `e` stream `\0` id(u64 BE) → a *run*: consecutive events of that stream from one append, up
@@ -20,6 +22,8 @@
 //!   the ceiling is fsync'd *before* any id above the old one is used, so after a crash the next
 //!   id is above every id anyone may have seen, even when publishing without per-event fsync. A
 //!   clean close lowers the ceiling to the last id used, so restarts do not burn ids.
+//! - `k` → nothing: present only while the log is closed after a clean stop. Opening removes it;
+//!   opening without it (after a crash) first counts any runs stored past a stream's counters.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,6 +35,7 @@ use super::{by_name, Log, LogError, Retention, StreamSettings, StreamStats, Trim
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 const SEQ_KEY: &[u8] = b"s";
+const CLEAN_KEY: &[u8] = b"k";
 const RESERVE: u64 = 1 << 20;
 const RECORD_VERSION: u8 = 1;
 /// An event record from before runs: one event, whose id is in the key.
@@ -84,13 +89,24 @@ impl SledLog {
             Some(v) => read_u64(&v, 0).ok_or_else(|| LogError::Corrupt("id ceiling".into()))?,
             None => 0,
         };
-        let stats = load(&db, b'm', decode_stats)?;
+        // The marker is there only if the last stop was clean. It goes at once, durably: from
+        // here on, a crash must be seen as one.
+        let clean = db.remove(CLEAN_KEY)?.is_some();
+        if clean {
+            db.flush()?;
+        }
+        let mut stats = load(&db, b'm', decode_stats)?;
         let settings = load(&db, b'c', decode_settings)?;
         let floors = load(&db, b'd', |v| {
             read_u64(v, 0)
                 .map(EventId)
                 .ok_or_else(|| LogError::Corrupt("delete floor".into()))
         })?;
+        if !clean {
+            for (name, stats) in &mut stats {
+                count_runs_past(&db, name, stats)?;
+            }
+        }
         Ok(SledLog {
             db,
             state: Mutex::new(State {
@@ -103,15 +119,14 @@ impl SledLog {
         })
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        // The lock guards plain data that every writer leaves consistent; a panic elsewhere while
-        // holding it cannot leave it half-updated, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Log for SledLog {
-    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, LogError> {
+    /// Appends `events` as runs. `one_stream_each`: the events come from requests that each
+    /// name one stream, so a run never splits a request.
+    fn append_runs(
+        &self,
+        events: Vec<NewEvent>,
+        time: u64,
+        one_stream_each: bool,
+    ) -> Result<Vec<Event>, LogError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -126,8 +141,8 @@ impl Log for SledLog {
             self.db.flush()?;
             st.ceiling = ceiling;
         }
-        let mut batch = Batch::default();
-        // Per stream touched: its counters and the run being filled.
+        // Runs to store, then each touched stream's counters and the run being filled.
+        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut touched: HashMap<StreamName, (StreamStats, RunWriter)> = HashMap::new();
         let mut appended = Vec::with_capacity(events.len());
         for (offset, new) in events.into_iter().enumerate() {
@@ -138,7 +153,7 @@ impl Log for SledLog {
             });
             let kind = new.kind.as_ref().map_or("", EventType::as_str);
             if let Some((last, value)) = run.push(id, kind.as_bytes(), new.data.as_bytes()) {
-                batch.insert(event_key(&new.stream, last), value);
+                writes.push((event_key(&new.stream, last), value));
             }
             if stats.length == 0 {
                 stats.first_id = id;
@@ -148,17 +163,73 @@ impl Log for SledLog {
             stats.last_id = id;
             appended.push(Event::new(id, new.stream, new.kind, new.data, time));
         }
-        for (name, (stats, run)) in &mut touched {
+        for (name, (_, run)) in &mut touched {
             if let Some((last, value)) = run.finish() {
-                batch.insert(event_key(name, last), value);
+                writes.push((event_key(name, last), value));
             }
-            batch.insert(keyed(b'm', name), encode_stats(stats).to_vec());
         }
-        self.db.apply_batch(batch)?;
+        // These ids are used from here on, stored or not: an append that fails part-way must
+        // never let a later one reuse them.
         st.next = last + 1;
+        // When every request lies whole in one run (one run per stream, and each request names
+        // one stream, or there is only one stream) and every stream already has counters on
+        // disk: plain inserts, the runs first, then the counters. One insert is atomic, so each
+        // request is stored all or none; sled recovers a prefix of its log after a crash, so
+        // counters can only lag behind runs, and `open` catches them up after an unclean stop.
+        // Anything else is one atomic batch, so that a request split over runs is never half
+        // stored and a new stream's first run never lacks its counters. (Each sled batch costs
+        // two extra writes of its io buffer: BENCHMARKS.md, "Publish, durable".)
+        let plain = writes.len() == touched.len()
+            && (one_stream_each || touched.len() == 1)
+            && touched.keys().all(|name| st.stats.contains_key(name));
+        if plain {
+            for (key, value) in writes {
+                self.db.insert(key, value)?;
+            }
+            for (name, (stats, _)) in &touched {
+                self.db
+                    .insert(keyed(b'm', name), encode_stats(stats).to_vec())?;
+            }
+        } else {
+            let mut batch = Batch::default();
+            for (key, value) in writes {
+                batch.insert(key, value);
+            }
+            for (name, (stats, _)) in &touched {
+                batch.insert(keyed(b'm', name), encode_stats(stats).to_vec());
+            }
+            self.db.apply_batch(batch)?;
+        }
         st.stats
             .extend(touched.into_iter().map(|(name, (stats, _))| (name, stats)));
         Ok(appended)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The lock guards plain data that every writer leaves consistent; a panic elsewhere while
+        // holding it cannot leave it half-updated, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Log for SledLog {
+    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, LogError> {
+        self.append_runs(events, time, false)
+    }
+
+    fn append_group(
+        &self,
+        requests: Vec<Vec<NewEvent>>,
+        time: u64,
+    ) -> Result<Vec<Event>, LogError> {
+        let one_stream_each = requests
+            .iter()
+            .all(|r| r.windows(2).all(|w| w[0].stream == w[1].stream));
+        self.append_runs(
+            requests.into_iter().flatten().collect(),
+            time,
+            one_stream_each,
+        )
     }
 
     fn sync(&self) -> Result<(), LogError> {
@@ -416,9 +487,33 @@ impl Log for SledLog {
     fn close(&self) -> Result<(), LogError> {
         let st = self.state();
         self.db.insert(SEQ_KEY, &(st.next - 1).to_be_bytes())?;
+        self.db.insert(CLEAN_KEY, &[])?;
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// Adds to a stream's counters the runs stored after the last event they count: after a crash,
+/// what a single-run append stored before its counters (see `append`). Normally finds nothing,
+/// in one lookup.
+fn count_runs_past(db: &Db, stream: &StreamName, stats: &mut StreamStats) -> Result<(), LogError> {
+    let from = event_key(stream, EventId(stats.last_id.0.saturating_add(1)));
+    for item in db.range(from..=event_key(stream, EventId(u64::MAX))) {
+        let (key, value) = item?;
+        for stored in Run::parse(stream, &key, &value)? {
+            let stored = stored?;
+            if stored.id <= stats.last_id {
+                continue;
+            }
+            if stats.length == 0 {
+                stats.first_id = stored.id;
+                stats.first_time = stored.time;
+            }
+            stats.length += 1;
+            stats.last_id = stored.id;
+        }
+    }
+    Ok(())
 }
 
 fn event_prefix(stream: &StreamName) -> Vec<u8> {
@@ -716,4 +811,115 @@ fn decode_settings(bytes: &[u8]) -> Result<StreamSettings, LogError> {
         max_len: field(2, HAS_MAX_LEN)?,
         max_age_ms: field(10, HAS_MAX_AGE)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::log::open_sled;
+
+    fn new(stream: &str, data: &str) -> NewEvent {
+        NewEvent {
+            stream: StreamName::new(stream).unwrap(),
+            kind: None,
+            data: data.into(),
+        }
+    }
+
+    /// What a crash between a single-run append's two inserts leaves: the run stored, the
+    /// stream's counters as they were before it. Reopening counts the run in.
+    #[test]
+    fn counters_lagging_behind_their_runs_are_caught_up_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StreamName::new("s").unwrap();
+        let t = StreamName::new("t").unwrap();
+        {
+            let log = open_sled(dir.path());
+            log.append(vec![new("s", "1"), new("s", "2"), new("t", "3")], 10)
+                .unwrap();
+            log.close().unwrap();
+        }
+        // A clean stop, then a crash: the marker of the clean stop must not hide the crash.
+        let (before_s, before_t) = {
+            let log = open_sled(dir.path());
+            let everything = Retention {
+                max_len: Some(0),
+                max_age_ms: None,
+            };
+            log.trim(&t, &everything, 20, 100).unwrap();
+            let before = (log.stats(&s).unwrap(), log.stats(&t).unwrap());
+            assert_eq!(before.1.length, 0);
+            // Single runs to known streams: plain inserts.
+            log.append(vec![new("s", "4")], 30).unwrap();
+            log.append(vec![new("s", "5"), new("s", "6")], 31).unwrap();
+            // A group of one-stream requests to two streams: plain inserts too.
+            log.append_group(vec![vec![new("t", "7")], vec![new("s", "8")]], 32)
+                .unwrap();
+            // The counters' inserts are lost in the crash; the runs are not.
+            for (name, stats) in [(&s, &before.0), (&t, &before.1)] {
+                log.db
+                    .insert(keyed(b'm', name), encode_stats(stats).to_vec())
+                    .unwrap();
+            }
+            log.sync().unwrap();
+            before
+            // dropped without close(): a crash
+        };
+        let log = open_sled(dir.path());
+        let stats = log.stats(&s).unwrap();
+        assert_eq!(
+            (
+                stats.length,
+                stats.first_id,
+                stats.last_id,
+                stats.first_time
+            ),
+            (6, EventId(1), EventId(8), 10)
+        );
+        assert_eq!(stats.trimmed_through, before_s.trimmed_through);
+        let stats = log.stats(&t).unwrap();
+        assert_eq!(
+            (
+                stats.length,
+                stats.first_id,
+                stats.last_id,
+                stats.first_time
+            ),
+            (1, EventId(7), EventId(7), 32)
+        );
+        assert_eq!(stats.trimmed_through, before_t.trimmed_through);
+        let ids: Vec<u64> = log
+            .read(&s, EventId(0), EventId(99), 99)
+            .unwrap()
+            .iter()
+            .map(|e| e.id.0)
+            .collect();
+        assert_eq!(ids, [1, 2, 4, 5, 6, 8]);
+        // And the next append goes on from there (above the reserved ids, as after any crash).
+        let next = log.append(vec![new("s", "9")], 40).unwrap();
+        assert!(next[0].id > EventId(8));
+        let stats = log.stats(&s).unwrap();
+        assert_eq!((stats.length, stats.last_id), (7, next[0].id));
+    }
+
+    /// A first append to a stream, or one spanning several runs or streams, is one sled batch.
+    #[test]
+    fn appends_that_are_not_one_run_of_a_known_stream_store_counters_with_the_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_sled(dir.path());
+        let big = "x".repeat(RUN_BYTES);
+        let events = log
+            .append(vec![new("a", &big), new("a", &big), new("b", "y")], 1)
+            .unwrap();
+        assert_eq!(events.len(), 3);
+        let a = StreamName::new("a").unwrap();
+        assert_eq!(log.stats(&a).unwrap().length, 2);
+        assert_eq!(log.read(&a, EventId(0), EventId(9), 9).unwrap().len(), 2);
+        let runs = log
+            .db
+            .scan_prefix(event_prefix(&a))
+            .filter_map(Result::ok)
+            .count();
+        assert_eq!(runs, 2, "an event of RUN_BYTES fills a run by itself");
+    }
 }
