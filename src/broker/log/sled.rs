@@ -1,7 +1,8 @@
-//! The log on sled, in one tree. An append is all or nothing after a crash: one atomic
-//! `apply_batch` of its runs and its streams' counters, or — for the common single run to a
-//! known stream — the run then the counters as two inserts, the counters caught up at the next
-//! opening if a crash fell between them. New ids are reserved durably before use.
+//! The log on sled, in one tree. A request's events are all or nothing after a crash: an append
+//! is one atomic `apply_batch` of its runs and its streams' counters, or — when each request lies
+//! whole in one run of a stream that already has counters, the common case — plain inserts of
+//! the runs then the counters, the counters caught up at the next opening if a crash fell
+//! between them. New ids are reserved durably before use.
 //!
 //! Keys:
 //! - `e` stream `\0` id(u64 BE) → a *run*: consecutive events of that stream from one append, up
@@ -249,9 +250,7 @@ impl Log for SledLog {
             return Ok(Vec::new());
         }
         let mut events = Vec::with_capacity(limit.min(1024));
-        // The run holding `after + 1` is the first key at or above it.
-        let from = event_key(stream, EventId(after.0 + 1));
-        'runs: for item in self.db.range(from..=event_key(stream, EventId(u64::MAX))) {
+        'runs: for item in runs_from(&self.db, stream, EventId(after.0 + 1)) {
             let (key, value) = item?;
             for stored in Run::parse(stream, &key, &value)? {
                 let stored = stored?;
@@ -283,10 +282,7 @@ impl Log for SledLog {
         // first. A deleted stream's runs all end at or below its floor, so none straddles it.
         let lowest = event_key(stream, EventId(floor.0 + 1));
         let at_upto = event_key(stream, upto);
-        let holding = self
-            .db
-            .range(at_upto.clone()..=event_key(stream, EventId(u64::MAX)))
-            .next();
+        let holding = runs_from(&self.db, stream, upto).next();
         let below = self.db.range(lowest..at_upto).rev();
         let mut newest_first = Vec::with_capacity(n.min(1024));
         'runs: for item in holding.into_iter().chain(below) {
@@ -313,8 +309,7 @@ impl Log for SledLog {
         if id <= self.state().floor(stream) {
             return Ok(None);
         }
-        let range = event_key(stream, id)..=event_key(stream, EventId(u64::MAX));
-        let Some(item) = self.db.range(range).next() else {
+        let Some(item) = runs_from(&self.db, stream, id).next() else {
             return Ok(None);
         };
         let (key, value) = item?;
@@ -344,8 +339,7 @@ impl Log for SledLog {
         let mut new_first = None;
         let mut last_removed = stats.trimmed_through;
         // Start above a delete floor: what lies below it belongs to the stream's former life.
-        let from = event_key(stream, EventId(st.floor(stream).0 + 1));
-        for item in self.db.range(from..=event_key(stream, EventId(u64::MAX))) {
+        for item in runs_from(&self.db, stream, EventId(st.floor(stream).0 + 1)) {
             let (key, value) = item?;
             let run = Run::parse(stream, &key, &value)?;
             let time = run.time;
@@ -493,12 +487,16 @@ impl Log for SledLog {
     }
 }
 
+/// The runs of `stream`, in id order, from the one holding `id` (the first key at or above it).
+fn runs_from(db: &Db, stream: &StreamName, id: EventId) -> sled::Iter {
+    db.range(event_key(stream, id)..=event_key(stream, EventId(u64::MAX)))
+}
+
 /// Adds to a stream's counters the runs stored after the last event they count: after a crash,
-/// what a single-run append stored before its counters (see `append`). Normally finds nothing,
+/// what plain inserts stored before their counters (see `append_runs`). Normally finds nothing,
 /// in one lookup.
 fn count_runs_past(db: &Db, stream: &StreamName, stats: &mut StreamStats) -> Result<(), LogError> {
-    let from = event_key(stream, EventId(stats.last_id.0.saturating_add(1)));
-    for item in db.range(from..=event_key(stream, EventId(u64::MAX))) {
+    for item in runs_from(db, stream, EventId(stats.last_id.0.saturating_add(1))) {
         let (key, value) = item?;
         for stored in Run::parse(stream, &key, &value)? {
             let stored = stored?;
@@ -866,28 +864,15 @@ mod tests {
             // dropped without close(): a crash
         };
         let log = open_sled(dir.path());
-        let stats = log.stats(&s).unwrap();
-        assert_eq!(
-            (
-                stats.length,
-                stats.first_id,
-                stats.last_id,
-                stats.first_time
-            ),
-            (6, EventId(1), EventId(8), 10)
-        );
-        assert_eq!(stats.trimmed_through, before_s.trimmed_through);
-        let stats = log.stats(&t).unwrap();
-        assert_eq!(
-            (
-                stats.length,
-                stats.first_id,
-                stats.last_id,
-                stats.first_time
-            ),
-            (1, EventId(7), EventId(7), 32)
-        );
-        assert_eq!(stats.trimmed_through, before_t.trimmed_through);
+        let expected = |length, first, last, first_time, before: StreamStats| StreamStats {
+            length,
+            first_id: EventId(first),
+            last_id: EventId(last),
+            first_time,
+            trimmed_through: before.trimmed_through,
+        };
+        assert_eq!(log.stats(&s), Some(expected(6, 1, 8, 10, before_s)));
+        assert_eq!(log.stats(&t), Some(expected(1, 7, 7, 32, before_t)));
         let ids: Vec<u64> = log
             .read(&s, EventId(0), EventId(99), 99)
             .unwrap()
