@@ -1,7 +1,7 @@
 //! The one thread that changes the log: group commit, then fan-out, then the acknowledgements.
 //!
 //! Publishers queue their events and wait. The writer takes everything queued (a group), appends
-//! it in one batch, fsyncs once for the whole group, and only then makes it visible: it raises
+//! it in one go (each request all or nothing), fsyncs once for the whole group, and only then makes it visible: it raises
 //! the visible watermark, sends each event to the live channels in id order, and answers every
 //! publisher (both through the [`Outbox`], from a task on the async runtime). While it fsyncs,
 //! the next group queues up, so durable publishing costs one fsync per group, not per request.

@@ -5,8 +5,8 @@
 //! (Redis Streams, for several herald nodes behind one load balancer) slot in without touching the
 //! fan-out or the HTTP layer. Two backends live here: [`SledLog`] on disk and [`MemoryLog`].
 //!
-//! Only the broker's single writer thread calls the mutating methods (`append`, `sync`, `trim`,
-//! `close`), so a backend may assume they are never concurrent with each other; reads may come
+//! Only the broker's single writer thread calls the mutating methods (`append`, `append_group`,
+//! `sync`, `trim`, `close`), so a backend may assume they are never concurrent with each other; reads may come
 //! from any thread at any time.
 
 mod memory;
