@@ -6,7 +6,8 @@
 # "burst" is 1,000 subscribers that only count frames and 4 publishers posting as fast as they
 # are answered: far more deliveries than one write each can carry, so coalescing shows. "idle"
 # holds 19,000 SSE connections and reports server RSS per connection, in plain HTTP/1.1 and over
-# TLS (a self-signed certificate made here with openssl). "replay" batch-publishes
+# TLS (a self-signed certificate made here with openssl); "idle-h2" holds 19,000 SSE streams over
+# HTTP/2, 10 per connection (as a browser's tabs share one), and reports RSS per stream. "replay" batch-publishes
 # 1,000,000 events durably, then reads them all back from the log on one connection (again with
 # --cache-mb 1024, twice). "stalled" holds 100 subscribers that never read while batches are
 # published as fast as they are answered, and samples server RSS each second.
@@ -44,7 +45,7 @@ http {
     location ~ /sub/([\w:.-]+)$ { nchan_subscriber; nchan_channel_id \$1; nchan_subscriber_first_message newest; }
   }
   server {
-    listen 127.0.0.1:8443 ssl;
+    listen 127.0.0.1:8443 ssl http2;
     ssl_certificate $work/tls.crt;
     ssl_certificate_key $work/tls.key;
     location ~ /pub/([\w:.-]+)$ { nchan_publisher; nchan_channel_id \$1; }
@@ -90,6 +91,11 @@ for round in $(seq "$rounds"); do
   herald=$pid
   echo -n "herald tls "; load idle --url https://127.0.0.1:7443 --connections 19000 --server-pid $herald --ca "$work/tls.crt"
   stop $herald
+  rm -rf "$work/data"
+  start 7443 target/release/herald --listen 127.0.0.1:7443 --data "$work/data" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key"
+  herald=$pid
+  echo -n "herald "; load idle-h2 --streams 19000 --streams-per-connection 10 --server-pid $herald --ca "$work/tls.crt"
+  stop $herald
   # Stored, but acknowledged before the fsync (a crash may lose the last 100 ms).
   rm -rf "$work/data"
   start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data" --flush-interval 100
@@ -116,6 +122,11 @@ for round in $(seq "$rounds"); do
   nginx=$pid
   worker=$(pgrep -P $nginx | head -1)
   echo -n "nchan tls "; load idle --target nchan --url https://127.0.0.1:8443 --connections 19000 --server-pid "$worker" --ca "$work/tls.crt"
+  stop $nginx -QUIT
+  start 8090 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
+  nginx=$pid
+  worker=$(pgrep -P $nginx | head -1)
+  echo -n "nchan "; load idle-h2 --target nchan --url https://127.0.0.1:8443 --streams 19000 --streams-per-connection 10 --server-pid "$worker" --ca "$work/tls.crt"
   stop $nginx -QUIT
 
   start 7080 "$floor_bin" 127.0.0.1:7080

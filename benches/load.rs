@@ -61,6 +61,24 @@ enum Mode {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// S idle SSE streams over HTTP/2 (TLS), `--streams-per-connection` of them sharing each
+    /// connection as a browser's `EventSource`s do: server RSS per stream, then one event
+    /// published to prove every stream is a live subscription.
+    IdleH2 {
+        #[arg(long, value_enum, default_value = "herald")]
+        target: Target,
+        #[arg(long, default_value = "https://127.0.0.1:7443")]
+        url: String,
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        #[arg(long, default_value_t = 100)]
+        streams_per_connection: usize,
+        #[arg(long)]
+        server_pid: u32,
+        /// The PEM certificate to trust (herald's `--tls-cert`).
+        #[arg(long)]
+        ca: std::path::PathBuf,
+    },
     /// N idle SSE connections held open: server RSS per connection (from /proc/PID/status),
     /// then one event published to prove every connection is a live subscription.
     Idle {
@@ -399,6 +417,111 @@ impl FrameCounter {
             self.last = b;
         }
     }
+}
+
+async fn idle_h2(
+    target: Target,
+    url: String,
+    streams: usize,
+    per_connection: usize,
+    pid: u32,
+    ca: &std::path::Path,
+) {
+    let pem = std::fs::read(ca).expect("read --ca");
+    let cert = reqwest::Certificate::from_pem(&pem).expect("a PEM certificate");
+    // One client is one HTTP/2 connection; its requests are streams on it.
+    let new_client = || {
+        reqwest::Client::builder()
+            .add_root_certificate(cert.clone())
+            .http2_prior_knowledge()
+            .build()
+            .expect("http client")
+    };
+    let stream = format!("idleh2{}", micros_now() % 1_000_000);
+    let sub = subscribe_url(target, &url, &stream);
+    let open = |client: reqwest::Client| {
+        let sub = sub.clone();
+        async move {
+            let response = client
+                .get(&sub)
+                .header("accept", "text/event-stream")
+                .send()
+                .await?;
+            if response.version() != reqwest::Version::HTTP_2 || !response.status().is_success() {
+                return Err(format!("{:?} {}", response.version(), response.status()).into());
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+        }
+    };
+    // One stream first, so the baseline includes a connection, the stream's channel and warm
+    // buffers.
+    let mut clients = vec![new_client()];
+    let first = open(clients[0].clone()).await.expect("first subscriber");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid).expect("server rss");
+    let started = Instant::now();
+    let mut responses = vec![first];
+    while responses.len() < streams {
+        if responses.len() % per_connection == 0 {
+            clients.push(new_client());
+        }
+        let client = clients.last().expect("a client").clone();
+        // The rest of this connection's share, opened concurrently.
+        let room = per_connection - responses.len() % per_connection;
+        let opening: Vec<_> = (0..room.min(streams - responses.len()))
+            .map(|_| tokio::spawn(open(client.clone())))
+            .collect();
+        for opened in opening {
+            match opened.await {
+                Ok(Ok(response)) => responses.push(response),
+                Ok(Err(e)) => {
+                    println!("idle-h2: stream {} failed: {e}", responses.len());
+                    return;
+                }
+                Err(e) => {
+                    println!("idle-h2: stream {} failed: {e}", responses.len());
+                    return;
+                }
+            }
+        }
+    }
+    let opened = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid).expect("server rss");
+    let held = responses.len();
+    let _ = new_client()
+        .post(publish_url(target, &url, &stream))
+        .body("are you there")
+        .send()
+        .await;
+    let readers: Vec<_> = responses
+        .into_iter()
+        .map(|mut response| {
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                let mut seen = Vec::new();
+                while !seen.windows(13).any(|w| w == b"are you there") {
+                    match tokio::time::timeout_at(deadline, response.chunk()).await {
+                        Ok(Ok(Some(chunk))) => seen.extend_from_slice(&chunk),
+                        _ => return false,
+                    }
+                }
+                true
+            })
+        })
+        .collect();
+    let mut live = 0;
+    for reader in readers {
+        if reader.await.unwrap_or(false) {
+            live += 1;
+        }
+    }
+    println!(
+        "idle-h2: {held} streams on {} connections opened in {:.1} s, {live} received the event; server rss {before} KiB → {after} KiB: {:.2} KiB per stream",
+        clients.len(),
+        opened.as_secs_f64(),
+        (after.saturating_sub(before)) as f64 / (held.max(2) - 1) as f64
+    );
 }
 
 /// Idle subscribers, over TLS when the url is `https://` (trusting `ca`).
@@ -796,6 +919,24 @@ fn main() {
                 server_pid,
                 ca,
             } => idle(target, url, connections, server_pid, ca.as_deref()).await,
+            Mode::IdleH2 {
+                target,
+                url,
+                streams,
+                streams_per_connection,
+                server_pid,
+                ca,
+            } => {
+                idle_h2(
+                    target,
+                    url,
+                    streams,
+                    streams_per_connection,
+                    server_pid,
+                    &ca,
+                )
+                .await
+            }
             Mode::Burst {
                 target,
                 url,
