@@ -491,7 +491,7 @@ async fn idle_h2(
     let held = responses.len();
     let _ = new_client()
         .post(publish_url(target, &url, &stream))
-        .body("are you there")
+        .body(PROBE)
         .send()
         .await;
     let readers: Vec<_> = responses
@@ -500,7 +500,7 @@ async fn idle_h2(
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
                 let mut seen = Vec::new();
-                while !seen.windows(13).any(|w| w == b"are you there") {
+                while !seen.windows(PROBE.len()).any(|w| w == PROBE.as_bytes()) {
                     match tokio::time::timeout_at(deadline, response.chunk()).await {
                         Ok(Ok(Some(chunk))) => seen.extend_from_slice(&chunk),
                         _ => return false,
@@ -510,18 +510,27 @@ async fn idle_h2(
             })
         })
         .collect();
-    let mut live = 0;
-    for reader in readers {
-        if reader.await.unwrap_or(false) {
-            live += 1;
-        }
-    }
+    let live = count_live(readers).await;
     println!(
         "idle-h2: {held} streams on {} connections opened in {:.1} s, {live} received the event; server rss {before} KiB → {after} KiB: {:.2} KiB per stream",
         clients.len(),
         opened.as_secs_f64(),
         (after.saturating_sub(before)) as f64 / (held.max(2) - 1) as f64
     );
+}
+
+/// The event published to idle subscribers to prove each is a live subscription.
+const PROBE: &str = "are you there";
+
+/// How many of the readers saw the probe.
+async fn count_live(readers: Vec<tokio::task::JoinHandle<bool>>) -> usize {
+    let mut live = 0;
+    for reader in readers {
+        if reader.await.unwrap_or(false) {
+            live += 1;
+        }
+    }
+    live
 }
 
 /// Idle subscribers, over TLS when the url is `https://` (trusting `ca`).
@@ -584,7 +593,7 @@ async fn idle_mode<S, F, O>(
         .expect("http client");
     let _ = client
         .post(publish_url(target, url, stream))
-        .body("are you there")
+        .body(PROBE)
         .send()
         .await;
     let readers: Vec<_> = sockets
@@ -593,7 +602,7 @@ async fn idle_mode<S, F, O>(
             tokio::spawn(async move {
                 let mut buf = [0u8; 512];
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-                while !seen.windows(13).any(|w| w == b"are you there") {
+                while !seen.windows(PROBE.len()).any(|w| w == PROBE.as_bytes()) {
                     match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
                         Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
                         _ => return false,
@@ -603,12 +612,7 @@ async fn idle_mode<S, F, O>(
             })
         })
         .collect();
-    let mut live = 0;
-    for reader in readers {
-        if reader.await.unwrap_or(false) {
-            live += 1;
-        }
-    }
+    let live = count_live(readers).await;
     println!(
         "idle: {held} connections opened in {:.1} s, {live} received the event; server rss {before} KiB → {after} KiB: {:.2} KiB per connection",
         opened.as_secs_f64(),

@@ -235,6 +235,16 @@ pub trait Log: Send + Sync + 'static {
     fn close(&self) -> Result<(), LogError>;
 }
 
+/// An untyped event, for the backends' tests.
+#[cfg(test)]
+pub(crate) fn new(stream: &str, data: &str) -> NewEvent {
+    NewEvent {
+        stream: StreamName::new(stream).unwrap(),
+        kind: None,
+        data: data.into(),
+    }
+}
+
 #[cfg(test)]
 /// Opens a sled log in `dir`, waiting for a previous opening's lock: a dropped sled database
 /// lets go of it only once its io threads have finished their last writes, a moment later.
@@ -256,14 +266,6 @@ mod contract_tests {
     //! The same behaviour is asked of every backend.
     use super::*;
     use crate::broker::event::EventType;
-
-    fn new(stream: &str, data: &str) -> NewEvent {
-        NewEvent {
-            stream: StreamName::new(stream).unwrap(),
-            kind: None,
-            data: data.into(),
-        }
-    }
 
     fn ids(events: &[Event]) -> Vec<u64> {
         events.iter().map(|e| e.id.0).collect()

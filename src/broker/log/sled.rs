@@ -814,15 +814,7 @@ fn decode_settings(bytes: &[u8]) -> Result<StreamSettings, LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::log::open_sled;
-
-    fn new(stream: &str, data: &str) -> NewEvent {
-        NewEvent {
-            stream: StreamName::new(stream).unwrap(),
-            kind: None,
-            data: data.into(),
-        }
-    }
+    use crate::broker::log::{new, open_sled};
 
     /// What a crash between a single-run append's two inserts leaves: the run stored, the
     /// stream's counters as they were before it. Reopening counts the run in.
