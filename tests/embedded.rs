@@ -165,3 +165,52 @@ async fn ready_events_are_taken_in_order_without_waiting_and_never_twice() {
     assert_eq!(later.data, "later");
     assert!(sub.try_next_event().is_none());
 }
+
+/// Polls a future once, as a runtime would on its first turn.
+async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx)))
+        .await
+}
+
+#[tokio::test]
+async fn a_publisher_that_gives_up_while_gathering_strands_nobody() {
+    let broker = Broker::open(BrokerOptions::default()).unwrap();
+    let stream = StreamName::new("gathered").unwrap();
+    // The first publisher starts a gathering and yields; the second joins it.
+    let mut first = Box::pin(broker.publish(event(&stream, "first")));
+    assert!(poll_once(&mut first).await.is_pending());
+    let mut second = Box::pin(broker.publish(event(&stream, "second")));
+    assert!(poll_once(&mut second).await.is_pending());
+    // The first gives up (a client that disconnected): what was gathered still goes out.
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the gathered publish is answered")
+        .unwrap();
+    let stored = broker
+        .read_after(&stream, Default::default(), 10)
+        .await
+        .unwrap();
+    let data: Vec<&str> = stored.iter().map(|e| &*e.data).collect();
+    assert_eq!(data, ["first", "second"], "both were handed to the writer");
+    assert_eq!(stored[1].id, second.id);
+}
+
+#[tokio::test]
+async fn a_publish_gathered_before_a_seal_is_stored_before_it() {
+    let broker = Broker::open(BrokerOptions::default()).unwrap();
+    let stream = StreamName::new("order").unwrap();
+    let mut publish = Box::pin(broker.publish(event(&stream, "last words")));
+    assert!(
+        poll_once(&mut publish).await.is_pending(),
+        "still gathering"
+    );
+    broker.seal(&stream).await.unwrap();
+    let published = tokio::time::timeout(Duration::from_secs(5), publish)
+        .await
+        .expect("answered");
+    assert!(
+        published.is_ok(),
+        "made before the seal, so not refused: {published:?}"
+    );
+}

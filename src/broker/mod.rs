@@ -27,7 +27,7 @@ use self::log::{Log, LogError, MemoryLog, Retention, SledLog, StreamSettings, St
 use self::presence::Presence;
 pub use self::subscription::{Closed, Delivery, Gap, StartAt, Subscription};
 pub use self::writer::Durability;
-use self::writer::{Change, Command, Writer};
+use self::writer::{Change, Command, Inbox, Writer};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -144,7 +144,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
-    commands: mpsc::Sender<Command>,
+    inbox: Arc<Inbox>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     presence: Arc<Presence>,
     retention: Retention,
@@ -193,7 +193,7 @@ impl Broker {
             .map_err(|e| BrokerError::Store(format!("cannot start the writer thread: {e}")))?;
         Ok(Broker {
             shared,
-            commands,
+            inbox: Arc::new(Inbox::new(commands)),
             writer: Arc::new(Mutex::new(Some(handle))),
             presence: Arc::new(Presence::new(options.presence_grace)),
             retention: options.retention,
@@ -211,11 +211,10 @@ impl Broker {
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Arc<Event>>, BrokerError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Publish { events, reply })
-            .map_err(|_| BrokerError::ShuttingDown)?;
-        answer.await.map_err(|_| BrokerError::ShuttingDown)?
+        self.inbox
+            .publish(events)
+            .await
+            .ok_or(BrokerError::ShuttingDown)?
     }
 
     /// Seals a stream: later publishes are refused with [`BrokerError::Sealed`], and every
@@ -270,7 +269,7 @@ impl Broker {
         change: Change,
     ) -> Result<StreamSettings, BrokerError> {
         let (reply, answer) = oneshot::channel();
-        self.commands
+        self.inbox
             .send(Command::Change {
                 stream: stream.clone(),
                 change,
@@ -406,7 +405,7 @@ impl Broker {
     /// publishes fail with `ShuttingDown`.
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
-        if self.commands.send(Command::Close { reply }).is_ok() {
+        if self.inbox.send(Command::Close { reply }).is_ok() {
             let _ = done.await;
         }
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
