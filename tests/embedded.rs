@@ -166,21 +166,15 @@ async fn ready_events_are_taken_in_order_without_waiting_and_never_twice() {
     assert!(sub.try_next_event().is_none());
 }
 
-/// Polls a future once, as a runtime would on its first turn.
-async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
-    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx)))
-        .await
-}
-
 #[tokio::test]
 async fn a_publisher_that_gives_up_while_gathering_strands_nobody() {
     let broker = Broker::open(BrokerOptions::default()).unwrap();
     let stream = StreamName::new("gathered").unwrap();
     // The first publisher starts a gathering and yields; the second joins it.
     let mut first = Box::pin(broker.publish(event(&stream, "first")));
-    assert!(poll_once(&mut first).await.is_pending());
+    assert!(futures::poll!(&mut first).is_pending());
     let mut second = Box::pin(broker.publish(event(&stream, "second")));
-    assert!(poll_once(&mut second).await.is_pending());
+    assert!(futures::poll!(&mut second).is_pending());
     // The first gives up (a client that disconnected): what was gathered still goes out.
     drop(first);
     let second = tokio::time::timeout(Duration::from_secs(5), second)
@@ -201,10 +195,7 @@ async fn a_publish_gathered_before_a_seal_is_stored_before_it() {
     let broker = Broker::open(BrokerOptions::default()).unwrap();
     let stream = StreamName::new("order").unwrap();
     let mut publish = Box::pin(broker.publish(event(&stream, "last words")));
-    assert!(
-        poll_once(&mut publish).await.is_pending(),
-        "still gathering"
-    );
+    assert!(futures::poll!(&mut publish).is_pending(), "still gathering");
     broker.seal(&stream).await.unwrap();
     let published = tokio::time::timeout(Duration::from_secs(5), publish)
         .await

@@ -1,11 +1,12 @@
 //! The one thread that changes the log: group commit, then fan-out, then the acknowledgements.
 //!
 //! Publishers queue their events and wait (through the [`Inbox`], which first gathers the
-//! requests made at the same moment). The writer takes everything queued (a group), appends
-//! it in one go (each request all or nothing), fsyncs once for the whole group, and only then makes it visible: it raises
-//! the visible watermark, sends each event to the live channels in id order, and answers every
-//! publisher (both through the [`Outbox`], from a task on the async runtime). While it fsyncs,
-//! the next group queues up, so durable publishing costs one fsync per group, not per request.
+//! requests made at the same moment). The writer takes everything queued (a group), appends it
+//! in one go (each request all or nothing), fsyncs once for the whole group, and only then makes
+//! it visible: it raises the visible watermark, sends each event to the live channels in id
+//! order, and answers every publisher (both through the [`Outbox`], from a task on the async
+//! runtime). While it fsyncs, the next group queues up, so durable publishing costs one fsync per
+//! group, not per request.
 //! Because one thread decides all of this, and one queue carries it out, publish order, id order
 //! and live delivery order are the same thing. Sealing and deleting a stream go through the same
 //! queue, so they fall at an exact point of that order: every publish queued before a seal is
@@ -441,7 +442,7 @@ const GATHER_ROUNDS: usize = 16;
 const GATHER_REQUESTS: usize = 256;
 
 /// The way into the writer thread. Publish requests are gathered before they are handed over:
-/// the first request since the last hand-off yields to the runtime, which first runs every
+/// the first request since the last hand-over yields to the runtime, which first runs every
 /// other task that is ready and polls the sockets (tokio runs a yielded task only once its
 /// worker is out of other work), so requests from other connections that arrived meanwhile
 /// join it. While each such round adds requests it yields again, up to [`GATHER_ROUNDS`]

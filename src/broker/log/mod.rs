@@ -6,8 +6,8 @@
 //! fan-out or the HTTP layer. Two backends live here: [`SledLog`] on disk and [`MemoryLog`].
 //!
 //! Only the broker's single writer thread calls the mutating methods (`append`, `append_group`,
-//! `sync`, `trim`, `close`), so a backend may assume they are never concurrent with each other; reads may come
-//! from any thread at any time.
+//! `sync`, `trim`, `close`), so a backend may assume they are never concurrent with each other;
+//! reads may come from any thread at any time.
 
 mod memory;
 mod sled;
