@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use herald::broker::event::{NewEvent, StreamName};
+use herald::broker::event::{EventId, NewEvent, StreamName};
 use herald::broker::presence::ClientId;
-use herald::broker::{Broker, BrokerError, BrokerOptions, Closed, Delivery, StartAt};
+use herald::broker::{Broker, BrokerError, BrokerOptions, Closed, Delivery, StartAt, Storage};
 
 fn event(stream: &StreamName, data: &str) -> NewEvent {
     NewEvent {
@@ -204,4 +204,39 @@ async fn a_publish_gathered_before_a_seal_is_stored_before_it() {
         published.is_ok(),
         "made before the seal, so not refused: {published:?}"
     );
+}
+
+#[tokio::test]
+async fn a_data_dir_in_use_is_refused_clearly_and_free_again_once_every_handle_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || BrokerOptions {
+        storage: Storage::Disk {
+            dir: dir.path().into(),
+            cache_bytes: 8 << 20,
+        },
+        ..BrokerOptions::default()
+    };
+    let s = StreamName::new("kept").unwrap();
+    let broker = Broker::open(options()).unwrap();
+    let subscription = broker.subscribe(vec![s.clone()], StartAt::Live);
+    let kept = broker.publish(event(&s, "kept")).await.unwrap();
+    broker.close().await;
+
+    // A subscription still holds the log, so the directory is still in use.
+    let refused = Broker::open(options())
+        .err()
+        .expect("the directory is in use");
+    let message = refused.to_string();
+    assert!(message.contains("is in use"), "{message}");
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+
+    // Closed, and every handle dropped: the directory is free at once, with what was kept.
+    drop((subscription, broker));
+    let reopened = Broker::open(options()).unwrap();
+    let events = reopened.read_after(&s, EventId::ZERO, 10).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), [kept.id]);
+    reopened.close().await;
 }

@@ -403,6 +403,11 @@ impl Broker {
 
     /// Commits what is queued, flushes, records a clean stop and ends the writer thread. Later
     /// publishes fail with `ShuttingDown`.
+    ///
+    /// A disk log stays open (and its directory locked) until every handle that shares it is
+    /// dropped: the `Broker` and its clones, its subscriptions, and an [`crate::http::Api`] made
+    /// from it. Once they are, the directory can be opened again at once, in this process or
+    /// another; before, [`Broker::open`] on it fails with an "is in use" error.
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
         if self.inbox.send(Command::Close { reply }).is_ok() {

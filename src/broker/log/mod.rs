@@ -25,6 +25,11 @@ pub enum LogError {
     Corrupt(String),
     #[error("the event id sequence is exhausted")]
     IdsExhausted,
+    #[error(
+        "{0} is in use: another herald (or a Broker in this process that is still held) has it \
+         open; stop that one or choose another data directory"
+    )]
+    InUse(String),
 }
 
 impl From<::sled::Error> for LogError {
@@ -252,9 +257,7 @@ pub(crate) fn open_sled(dir: &std::path::Path) -> SledLog {
     for _ in 0..200 {
         match SledLog::open(dir, 16 << 20, None) {
             Ok(log) => return log,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
+            Err(LogError::InUse(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
             Err(e) => panic!("{e}"),
         }
     }

@@ -85,7 +85,16 @@ impl SledLog {
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(flush_every_ms)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled holds an exclusive lock on its file while a database is open, and reports
+                // another holder only in this message (kind `Other`); the test of a directory in
+                // use catches a change of wording.
+                sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                    LogError::InUse(dir.display().to_string())
+                }
+                e => e.into(),
+            })?;
         let ceiling = match db.get(SEQ_KEY)? {
             Some(v) => read_u64(&v, 0).ok_or_else(|| LogError::Corrupt("id ceiling".into()))?,
             None => 0,
