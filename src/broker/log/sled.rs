@@ -25,8 +25,16 @@
 //!   clean close lowers the ceiling to the last id used, so restarts do not burn ids.
 //! - `k` → nothing: present only while the log is closed after a clean stop. Opening removes it;
 //!   opening without it (after a crash) first counts any runs stored past a stream's counters.
+//!
+//! Durability: sled 0.34's `flush` writes its buffer and calls `sync_file_range` on Linux — the
+//! data reaches the disk, but not the file's size or block allocation, nor past the disk's write
+//! cache, so it survives `kill -9` and not a power cut. So every flush here is followed by an
+//! `fdatasync` of sled's log file, through a handle of our own (`fdatasync` applies to the file,
+//! whichever descriptor wrote it). sled's own periodic flusher (`--flush-interval`) already
+//! `fsync`s.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -54,7 +62,20 @@ const RUN_BYTES: usize = 4096;
 
 pub struct SledLog {
     db: Db,
+    /// sled's log file, for `fdatasync` after each flush (see the module docs).
+    file: File,
     state: Mutex<State>,
+}
+
+/// The file sled 0.34 keeps its log in, inside the database directory (its `Config::db_path`,
+/// which is private); the fsync test (`tests/fsync.rs`) sees the path in every `fdatasync`.
+const SLED_LOG_FILE: &str = "db";
+
+/// Makes everything written to `db` so far durable: sled's flush, then an `fdatasync`.
+fn flush(db: &Db, file: &File) -> Result<(), LogError> {
+    db.flush()?;
+    file.sync_data()
+        .map_err(|e| LogError::Storage(format!("fdatasync of the log failed: {e}")))
 }
 
 struct State {
@@ -95,6 +116,15 @@ impl SledLog {
                 }
                 e => e.into(),
             })?;
+        let io = |what: &str, e: std::io::Error| {
+            LogError::Storage(format!("{what} {}: {e}", dir.display()))
+        };
+        let file =
+            File::open(dir.join(SLED_LOG_FILE)).map_err(|e| io("cannot open the log in", e))?;
+        // The directory entries of sled's files, once, so a power cut cannot lose the files.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot fsync the data directory", e))?;
         let ceiling = match db.get(SEQ_KEY)? {
             Some(v) => read_u64(&v, 0).ok_or_else(|| LogError::Corrupt("id ceiling".into()))?,
             None => 0,
@@ -103,7 +133,7 @@ impl SledLog {
         // here on, a crash must be seen as one.
         let clean = db.remove(CLEAN_KEY)?.is_some();
         if clean {
-            db.flush()?;
+            flush(&db, &file)?;
         }
         let mut stats = load(&db, b'm', decode_stats)?;
         let settings = load(&db, b'c', decode_settings)?;
@@ -119,6 +149,7 @@ impl SledLog {
         }
         Ok(SledLog {
             db,
+            file,
             state: Mutex::new(State {
                 next: ceiling + 1,
                 ceiling,
@@ -148,7 +179,7 @@ impl SledLog {
         if last > st.ceiling {
             let ceiling = last.saturating_add(RESERVE);
             self.db.insert(SEQ_KEY, &ceiling.to_be_bytes())?;
-            self.db.flush()?;
+            flush(&self.db, &self.file)?;
             st.ceiling = ceiling;
         }
         // Runs to store, then each touched stream's counters and the run being filled.
@@ -243,8 +274,7 @@ impl Log for SledLog {
     }
 
     fn sync(&self) -> Result<(), LogError> {
-        self.db.flush()?;
-        Ok(())
+        flush(&self.db, &self.file)
     }
 
     fn read(
@@ -491,8 +521,7 @@ impl Log for SledLog {
         let st = self.state();
         self.db.insert(SEQ_KEY, &(st.next - 1).to_be_bytes())?;
         self.db.insert(CLEAN_KEY, &[])?;
-        self.db.flush()?;
-        Ok(())
+        flush(&self.db, &self.file)
     }
 }
 
