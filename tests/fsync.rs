@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::client;
+use common::{client, listening_url};
 
 const PUBLISHES: usize = 20;
 
@@ -51,15 +50,7 @@ async fn every_durable_publish_is_answered_only_after_an_fdatasync_of_the_log() 
         .stdout(Stdio::piped())
         .spawn()
         .expect("run strace (scripts/test installs it)");
-    let mut line = String::new();
-    BufReader::new(strace.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("herald listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
+    let url = listening_url(&mut strace);
 
     let http = client();
     for i in 0..PUBLISHES {

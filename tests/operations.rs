@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -284,15 +283,7 @@ async fn json_logs_carry_request_ids_and_no_event_data() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("herald listening on ")
-        .unwrap()
-        .to_owned();
+    let url = listening_url(&mut child);
 
     let c = client();
     let sse = c

@@ -113,17 +113,21 @@ fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start herald");
-    let stdout = child.stdout.take().expect("stdout");
+    let url = listening_url(&mut child);
+    (child, url)
+}
+
+/// The URL a herald started with its stdout piped says it listens on, from its first line.
+pub fn listening_url(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("read the listening line");
-    let url = line
-        .trim()
+    line.trim()
         .strip_prefix("herald listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
-    (child, url)
+        .to_string()
 }
 
 /// A port that was free a moment ago, for a server that must come back on the same address.
