@@ -31,7 +31,9 @@
 //! cache, so it survives `kill -9` and not a power cut. So every flush here is followed by an
 //! `fdatasync` of sled's log file, through a handle of our own (`fdatasync` applies to the file,
 //! whichever descriptor wrote it). sled's own periodic flusher (`--flush-interval`) already
-//! `fsync`s.
+//! `fsync`s. What this cannot reach (docs/production.md, "What a 201 survives"): the blob files
+//! sled writes for nodes over a quarter of a segment, which it never syncs, and its compaction's
+//! reliance on `sync_file_range`.
 
 use std::collections::HashMap;
 use std::fs::File;
