@@ -1,8 +1,9 @@
 //! A `201` means the event is on disk: every acknowledgement of a durable publish follows an
-//! `fdatasync` of the log file that completed after the previous one. Checked at the system-call
-//! level, by running the real binary under `strace` — the one way to see, short of pulling the
-//! power, that the store does not stop at a flush that only survives `kill -9` (sled 0.34's own
-//! flush is `sync_file_range`, which leaves the file's size and the disk's cache unsynced).
+//! `fdatasync` of the log file that completed after the previous one, and opening syncs sled's
+//! settings file and the data directory. Checked at the system-call level, by running the real
+//! binary under `strace` — the one way to see, short of pulling the power, that the store does
+//! not stop at a flush that only survives `kill -9` (sled 0.34's own flush is `sync_file_range`,
+//! which leaves the file's size and the disk's cache unsynced).
 //!
 //! `scripts/test` installs `strace`. Set `HERALD_SKIP_STRACE=1` to skip deliberately; otherwise a
 //! missing `strace` is a failure.
@@ -41,7 +42,7 @@ async fn every_durable_publish_is_answered_only_after_an_fdatasync_of_the_log() 
             "-s",
             "32",
             "-e",
-            "trace=fdatasync,write,writev,sendto",
+            "trace=fsync,fdatasync,write,writev,sendto",
         ])
         .arg("-o")
         .arg(&trace)
@@ -111,4 +112,16 @@ async fn every_durable_publish_is_answered_only_after_an_fdatasync_of_the_log() 
         syncs >= PUBLISHES,
         "{syncs} fdatasyncs for {PUBLISHES} answers"
     );
+    // Opening syncs sled's settings file and the directory's entries once.
+    for synced in [
+        format!("{}/conf>", data.display()),
+        format!("{}>", data.display()),
+    ] {
+        assert!(
+            trace
+                .lines()
+                .any(|l| l.contains("fsync(") && l.contains(&synced) && l.ends_with("= 0")),
+            "no fsync of {synced} at opening:\n{trace}"
+        );
+    }
 }

@@ -72,6 +72,8 @@ pub struct SledLog {
 /// The file sled 0.34 keeps its log in, inside the database directory (its `Config::db_path`,
 /// which is private); the fsync test (`tests/fsync.rs`) sees the path in every `fdatasync`.
 const SLED_LOG_FILE: &str = "db";
+/// sled's settings file beside it.
+const SLED_CONF_FILE: &str = "conf";
 
 /// Makes everything written to `db` so far durable: sled's flush, then an `fdatasync`.
 fn flush(db: &Db, file: &File) -> Result<(), LogError> {
@@ -119,14 +121,17 @@ impl SledLog {
                 e => e.into(),
             })?;
         let io = |what: &str, e: std::io::Error| {
-            LogError::Storage(format!("{what} {}: {e}", dir.display()))
+            LogError::Storage(format!("{what} in {}: {e}", dir.display()))
         };
-        let file =
-            File::open(dir.join(SLED_LOG_FILE)).map_err(|e| io("cannot open the log in", e))?;
-        // The directory entries of sled's files, once, so a power cut cannot lose the files.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("cannot fsync the data directory", e))?;
+        let file = File::open(dir.join(SLED_LOG_FILE)).map_err(|e| io("cannot open the log", e))?;
+        // Once per opening: sled's `conf` (written unsynced when the store is created; sled
+        // cannot open a store whose `conf` is damaged) and the directory's entries, so a power
+        // cut cannot lose the files themselves.
+        for path in [dir.join(SLED_CONF_FILE), dir.to_path_buf()] {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io("cannot fsync", e))?;
+        }
         let ceiling = match db.get(SEQ_KEY)? {
             Some(v) => read_u64(&v, 0).ok_or_else(|| LogError::Corrupt("id ceiling".into()))?,
             None => 0,
