@@ -31,9 +31,10 @@
 //! cache, so it survives `kill -9` and not a power cut. So every flush here is followed by an
 //! `fdatasync` of sled's log file, through a handle of our own (`fdatasync` applies to the file,
 //! whichever descriptor wrote it). sled's own periodic flusher (`--flush-interval`) already
-//! `fsync`s. What this cannot reach (docs/production.md, "What a 201 survives"): the blob files
-//! sled writes for nodes over a quarter of a segment, which it never syncs, and its compaction's
-//! reliance on `sync_file_range`.
+//! `fsync`s. sled also writes each node over a quarter of a segment to a file of its own, which
+//! it never syncs; so a flush here syncs those too, before the log (`Syncer`). What this cannot
+//! reach (docs/production.md, "What a 201 survives"): sled's compaction trusts
+//! `sync_file_range` when it decides what it may overwrite.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -64,8 +65,8 @@ const RUN_BYTES: usize = 4096;
 
 pub struct SledLog {
     db: Db,
-    /// sled's log file, for `fdatasync` after each flush (see the module docs).
-    file: File,
+    /// What makes a flush durable (see the module docs).
+    syncer: Syncer,
     state: Mutex<State>,
 }
 
@@ -75,11 +76,70 @@ const SLED_LOG_FILE: &str = "db";
 /// sled's settings file beside it.
 const SLED_CONF_FILE: &str = "conf";
 
-/// Makes everything written to `db` so far durable: sled's flush, then an `fdatasync`.
-fn flush(db: &Db, file: &File) -> Result<(), LogError> {
-    db.flush()?;
-    file.sync_data()
-        .map_err(|e| LogError::Storage(format!("fdatasync of the log failed: {e}")))
+/// The directory, beside the log, where sled writes each tree node too large for its log (over a
+/// quarter of a segment: runs of events of a few KiB or more) as a file of its own, named by the
+/// node's log position, with `write_all` and no sync.
+const SLED_BLOB_DIR: &str = "blobs";
+
+/// Syncs what sled's flush leaves unsynced.
+struct Syncer {
+    /// sled's log file.
+    log: File,
+    blob_dir: std::path::PathBuf,
+    /// Blob files synced so far, with their length then. A blob is written while the node's log
+    /// record is reserved, so a flush returns only once the blobs its records point to are
+    /// whole; one still growing belongs to a later flush, and is synced again once it is.
+    synced_blobs: Mutex<HashMap<std::ffi::OsString, u64>>,
+}
+
+impl Syncer {
+    /// Makes everything written to `db` so far durable: sled's flush, then the blob files it
+    /// wrote (and their directory's entries), then an `fdatasync` of its log, so no synced
+    /// record points to a blob that is not.
+    fn flush(&self, db: &Db) -> Result<(), LogError> {
+        db.flush()?;
+        self.sync_blobs()
+            .map_err(|e| LogError::Storage(format!("syncing sled's blob files failed: {e}")))?;
+        self.log
+            .sync_data()
+            .map_err(|e| LogError::Storage(format!("fdatasync of the log failed: {e}")))
+    }
+
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&self.blob_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now = HashMap::with_capacity(synced.len());
+        let mut new_names = false;
+        for entry in entries {
+            let entry = entry?;
+            // sled removes blobs it no longer needs, at any moment: a vanished one is fine.
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+            let len = match entry.metadata() {
+                Ok(meta) => meta.len(),
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let name = entry.file_name();
+            if synced.get(&name) != Some(&len) {
+                match File::open(entry.path()).and_then(|f| f.sync_data()) {
+                    Ok(()) => {}
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e),
+                }
+                new_names |= !synced.contains_key(&name);
+            }
+            now.insert(name, len);
+        }
+        if new_names {
+            File::open(&self.blob_dir)?.sync_all()?;
+        }
+        *synced = now;
+        Ok(())
+    }
 }
 
 struct State {
@@ -123,7 +183,11 @@ impl SledLog {
         let io = |what: &str, e: std::io::Error| {
             LogError::Storage(format!("{what} in {}: {e}", dir.display()))
         };
-        let file = File::open(dir.join(SLED_LOG_FILE)).map_err(|e| io("cannot open the log", e))?;
+        let syncer = Syncer {
+            log: File::open(dir.join(SLED_LOG_FILE)).map_err(|e| io("cannot open the log", e))?,
+            blob_dir: dir.join(SLED_BLOB_DIR),
+            synced_blobs: Mutex::new(HashMap::new()),
+        };
         // Once per opening: sled's `conf` (written unsynced when the store is created; sled
         // cannot open a store whose `conf` is damaged) and the directory's entries, so a power
         // cut cannot lose the files themselves.
@@ -140,7 +204,7 @@ impl SledLog {
         // here on, a crash must be seen as one.
         let clean = db.remove(CLEAN_KEY)?.is_some();
         if clean {
-            flush(&db, &file)?;
+            syncer.flush(&db)?;
         }
         let mut stats = load(&db, b'm', decode_stats)?;
         let settings = load(&db, b'c', decode_settings)?;
@@ -156,7 +220,7 @@ impl SledLog {
         }
         Ok(SledLog {
             db,
-            file,
+            syncer,
             state: Mutex::new(State {
                 next: ceiling + 1,
                 ceiling,
@@ -186,7 +250,7 @@ impl SledLog {
         if last > st.ceiling {
             let ceiling = last.saturating_add(RESERVE);
             self.db.insert(SEQ_KEY, &ceiling.to_be_bytes())?;
-            flush(&self.db, &self.file)?;
+            self.syncer.flush(&self.db)?;
             st.ceiling = ceiling;
         }
         // Runs to store, then each touched stream's counters and the run being filled.
@@ -281,7 +345,7 @@ impl Log for SledLog {
     }
 
     fn sync(&self) -> Result<(), LogError> {
-        flush(&self.db, &self.file)
+        self.syncer.flush(&self.db)
     }
 
     fn read(
@@ -528,7 +592,7 @@ impl Log for SledLog {
         let st = self.state();
         self.db.insert(SEQ_KEY, &(st.next - 1).to_be_bytes())?;
         self.db.insert(CLEAN_KEY, &[])?;
-        flush(&self.db, &self.file)
+        self.syncer.flush(&self.db)
     }
 }
 
