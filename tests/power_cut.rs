@@ -33,7 +33,6 @@ enum Node {
 }
 
 /// What processes see (`live`) and what a power cut leaves (`durable`), per inode.
-#[derive(Default)]
 struct Disk {
     live: HashMap<u64, Node>,
     durable: HashMap<u64, Node>,
@@ -416,28 +415,9 @@ async fn publish_then_cut_the_power(padding: usize) {
             i,
         ));
     }
-    let concurrent: Vec<_> = (30..60)
-        .map(|i| {
-            let url = server.url.clone();
-            let body = format!("{pad}together {i}");
-            tokio::spawn(async move {
-                let response = client()
-                    .post(format!("{url}/streams/kept"))
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 201);
-                (
-                    id_of(&response.json::<serde_json::Value>().await.unwrap()["id"]),
-                    i,
-                )
-            })
-        })
-        .collect();
-    for task in concurrent {
-        acked.push(task.await.unwrap());
-    }
+    let together: Vec<String> = (30..60).map(|i| format!("{pad}together {i}")).collect();
+    let ids = futures::future::join_all(together.iter().map(|d| publish(&server, "kept", d))).await;
+    acked.extend(ids.into_iter().zip(30..));
     if padding > 16_000 {
         let blobs = std::fs::read_dir(data.join("blobs")).map_or(0, |d| d.count());
         assert!(blobs > 0, "events this large are kept in sled's blob files");

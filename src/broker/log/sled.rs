@@ -77,7 +77,7 @@ const SLED_LOG_FILE: &str = "db";
 const SLED_CONF_FILE: &str = "conf";
 
 /// The directory, beside the log, where sled writes each tree node too large for its log (over a
-/// quarter of a segment: runs of events of a few KiB or more) as a file of its own, named by the
+/// quarter of a segment: runs of events of about 8 KiB or more) as a file of its own, named by the
 /// node's log position, with `write_all` and no sync.
 const SLED_BLOB_DIR: &str = "blobs";
 
@@ -106,9 +106,11 @@ impl Syncer {
     }
 
     fn sync_blobs(&self) -> std::io::Result<()> {
+        // sled removes blobs it no longer needs, at any moment: a vanished one is fine.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         let entries = match std::fs::read_dir(&self.blob_dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if gone(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
         let mut synced = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -116,8 +118,6 @@ impl Syncer {
         let mut new_names = false;
         for entry in entries {
             let entry = entry?;
-            // sled removes blobs it no longer needs, at any moment: a vanished one is fine.
-            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
             let len = match entry.metadata() {
                 Ok(meta) => meta.len(),
                 Err(e) if gone(&e) => continue,
