@@ -4,8 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use herald::broker::engine::local::{SledStore, Store};
 use herald::broker::event::{encode_frame, EventId, EventType, NewEvent, StreamName};
-use herald::broker::log::{Log, SledLog};
 
 fn events(n: usize, size: usize) -> Vec<NewEvent> {
     let stream = StreamName::new("bench").expect("valid name");
@@ -34,7 +34,7 @@ fn encode(c: &mut Criterion) {
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let log = SledLog::open(dir.path(), 64 << 20, None).expect("open log");
+    let log = SledStore::open(dir.path(), 64 << 20, None).expect("open log");
     let mut group = c.benchmark_group("sled_append");
     for batch in [1usize, 100] {
         group.throughput(Throughput::Elements(batch as u64));
@@ -62,7 +62,7 @@ fn append(c: &mut Criterion) {
 
 fn catch_up(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let log = SledLog::open(dir.path(), 256 << 20, None).expect("open log");
+    let log = SledStore::open(dir.path(), 256 << 20, None).expect("open log");
     for _ in 0..100 {
         log.append(events(1000, 100), 1).expect("append");
     }

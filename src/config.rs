@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::broker::log::Retention;
+use crate::broker::engine::Retention;
 use crate::broker::{BrokerOptions, Durability, Storage};
 use crate::cli::publish::PublishArgs;
 use crate::cli::relay::RelayArgs;

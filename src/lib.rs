@@ -6,18 +6,21 @@
 //!
 //! ## Where an event goes
 //! ```text
-//! POST /streams/a ─► http::publish ─► Broker::publish ─► writer thread ─► log (sled, fsync)
-//!                                                              │
-//!                              visible watermark raised, then ─┴─► fanout (broadcast channel
-//!                                                                  per set of streams)
-//! GET /sse?stream=a ◄── http::sse ◄── Subscription (catch up from log, then live) ◄──┘
+//! POST /streams/a ─► http::publish ─► Broker::publish ─► Engine::append ─► committed (sled, fsync)
+//!                                                                              │
+//!                                        the engine's tail (committed records) ◄┘
+//!                                                     │
+//!                     tailer: raise the watermark, then fanout (broadcast channel per topic)
+//!                                                     │
+//! GET /sse?stream=a ◄── http::sse ◄── Subscription (catch up from the engine, then live) ◄┘
 //! ```
 //!
 //! ## Modules
 //! - [`broker`] — the core, with no HTTP in it: [`broker::event`] (names, ids, SSE encoding),
-//!   [`broker::log`] (the append-only log and its sled and memory backends), the writer (group
-//!   commit; seals and deletes), [`broker::fanout`] (live channels), [`broker::subscription`]
-//!   (catch-up + live), [`broker::presence`] (who is online).
+//!   [`broker::engine`] (the boundary every log implements, its contract suite, and the local
+//!   engine on sled or memory: the writer's group commit, seals, deletes, retention), the node's
+//!   tailer (what was committed → watermark and live channels), [`broker::fanout`] (live
+//!   channels), [`broker::subscription`] (catch-up + live), [`broker::presence`] (who is online).
 //! - [`http`] — warp filters, one file per surface, and the one JSON error type; who may publish
 //!   and read ([`http::auth`]), subscription caps ([`http::limits`]), and the accept loop that
 //!   serves them ([`http::listener`]).
@@ -48,6 +51,7 @@
 //! broker.seal(&room).await?;
 //! assert!(matches!(sub.next().await, Some(Ok(Delivery::Closed(_)))));
 //! assert!(sub.next().await.is_none());
+//! // Any engine can be served: `Broker::on_engine(Arc<dyn Engine>, NodeOptions)`.
 //! // Serve the same broker over HTTP beside your own warp routes:
 //! let (api, _shutdown) = herald::http::Api::new(broker.clone(), Default::default());
 //! let routes = herald::http::routes(api);

@@ -55,10 +55,14 @@ async fn seal_and_delete_reach_subscribers_in_order() {
     );
     assert!(broker
         .subscribe(vec![game.clone()], StartAt::Live)
-        .is_finished());
+        .is_finished()
+        .await
+        .unwrap());
     assert!(!broker
         .subscribe(vec![game.clone()], StartAt::After(Default::default()))
-        .is_finished());
+        .is_finished()
+        .await
+        .unwrap());
 
     // `both` still reads chat; a delete of chat is told too, and chat lives on.
     broker.delete(&chat).await.unwrap();
@@ -118,7 +122,7 @@ async fn presence_through_the_library() {
     let mut watch = presence.watch(std::slice::from_ref(&room));
     let alice = presence.connect(std::slice::from_ref(&room), ClientId::new("alice").unwrap());
     assert_eq!(presence.online(&room), 1);
-    assert_eq!(broker.stream_info(&room).online, 1);
+    assert_eq!(broker.stream_info(&room).await.unwrap().online, 1);
     let join = watch.next().await.unwrap();
     assert_eq!((join.client.as_str(), join.count), ("alice", 1));
     drop(alice);

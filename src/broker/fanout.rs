@@ -1,9 +1,9 @@
 //! Live delivery: tokio broadcast channels, created on first subscribe, dropped with the last.
 //!
-//! A channel belongs to a *topic*: the exact set of streams a subscription reads. The writer sends
-//! each event, in id order, to every topic that contains its stream. So a subscriber of several
-//! streams reads one channel whose order is the global id order — the property that lets one
-//! `Last-Event-ID` position it in all of them. Merging one receiver per stream could not promise
+//! A channel belongs to a *topic*: the exact set of streams a subscription reads. The node's
+//! tailer sends each event, in id order, to every topic that contains its stream. So a subscriber
+//! of several streams reads one channel whose order is the global id order — the property that
+//! lets one `Last-Event-ID` position it in all of them. Merging one receiver per stream could not promise
 //! that: two receivers can be polled in either order. Subscribers of the same set share a channel,
 //! and each event is sent once per topic, never per subscriber.
 
@@ -33,6 +33,9 @@ pub enum Live {
         stream: StreamName,
         deleted: Option<u64>,
     },
+    /// Records were skipped on the way here (the engine's tail no longer held them): read the
+    /// log from the cursor again.
+    Resync,
 }
 
 type Sender = broadcast::Sender<Live>;
@@ -40,7 +43,7 @@ type Sender = broadcast::Sender<Live>;
 pub struct Fanout {
     capacity: usize,
     topics: DashMap<Topic, Sender>,
-    /// For each stream, the channels of the topics that contain it: what the writer walks.
+    /// For each stream, the channels of the topics that contain it: what the tailer walks.
     routes: DashMap<StreamName, Vec<(Topic, Sender)>>,
     /// Serialises joins and leaves, so `topics` and `routes` change together.
     membership: Mutex<()>,
@@ -110,6 +113,13 @@ impl Fanout {
             stream: stream.clone(),
             deleted,
         });
+    }
+
+    /// Tells every channel to catch up from the log.
+    pub fn send_resync(&self) {
+        for topic in self.topics.iter() {
+            let _ = topic.value().send(Live::Resync);
+        }
     }
 
     fn send_to(&self, stream: &StreamName, item: impl Fn() -> Live) {

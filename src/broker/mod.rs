@@ -1,61 +1,36 @@
 //! The broker: durable streams with live fan-out. Knows nothing of HTTP.
 //!
-//! An event's way through it: [`Broker::publish`] queues it for the [`writer`] thread, which
-//! appends it to the [`log`], makes it durable, raises the visible watermark and hands it to the
-//! [`fanout`] channels; each [`Subscription`] reads those channels, or the log when it is behind.
+//! An event's way through it: [`Broker::publish`] hands it to the [`engine`], which commits it
+//! (ids, seal checks and durability are the engine's) and tells it on its tail; the node's one
+//! [`tailer`] raises the visible watermark and hands it to the [`fanout`] channels; each
+//! [`Subscription`] reads those channels, or the engine's log when it is behind.
 
+pub mod engine;
 pub mod event;
 pub mod fanout;
-pub mod log;
 pub mod metrics;
 pub mod presence;
 pub mod subscription;
-mod writer;
+mod tailer;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
+pub use self::engine::local::{Durability, Storage};
+use self::engine::local::{LocalEngine, LocalOptions};
+use self::engine::{Change, Engine, ListQuery, Position, StreamSettings, StreamState};
+pub use self::engine::{EngineError as BrokerError, Retention};
 use self::event::{Event, EventId, NewEvent, StreamName};
 use self::fanout::{topic, Fanout};
-use self::log::{Log, LogError, MemoryLog, Retention, SledLog, StreamSettings, StreamStats};
 use self::presence::Presence;
 pub use self::subscription::{Closed, Delivery, Gap, StartAt, Subscription};
-pub use self::writer::Durability;
-use self::writer::{Change, Command, Inbox, Writer};
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BrokerError {
-    #[error("the event store failed: {0}")]
-    Store(String),
-    #[error("an earlier write could not be made durable; herald refuses writes until restarted")]
-    StoreFailed,
-    #[error("herald is shutting down")]
-    ShuttingDown,
-    #[error("stream {0} is closed and takes no more events")]
-    Sealed(StreamName),
-}
-
-impl From<LogError> for BrokerError {
-    fn from(e: LogError) -> Self {
-        BrokerError::Store(e.to_string())
-    }
-}
-
-/// Where the log lives.
-#[derive(Debug, Clone)]
-pub enum Storage {
-    /// A sled database in this directory; `cache_bytes` bounds its page cache.
-    Disk { dir: PathBuf, cache_bytes: u64 },
-    /// Nothing survives a restart.
-    Memory,
-}
-
+/// How to open a broker on a local engine: where its log lives and how this node serves it.
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
     pub storage: Storage,
@@ -82,6 +57,41 @@ impl Default for BrokerOptions {
             trim_every: Duration::from_secs(1),
             presence_grace: Duration::from_secs(5),
         }
+    }
+}
+
+impl BrokerOptions {
+    /// The engine's part of these options.
+    pub fn local(&self) -> LocalOptions {
+        LocalOptions {
+            storage: self.storage.clone(),
+            durability: self.durability,
+            retention: self.retention,
+            trim_every: self.trim_every,
+        }
+    }
+
+    /// This node's part of these options.
+    pub fn node(&self) -> NodeOptions {
+        NodeOptions {
+            channel_capacity: self.channel_capacity,
+            presence_grace: self.presence_grace,
+        }
+    }
+}
+
+/// How a node serves an engine, whichever engine it is.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Slots in each live channel; a subscriber further behind is caught up from the log.
+    pub channel_capacity: usize,
+    /// How long a presence client stays a member after its last connection went.
+    pub presence_grace: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        BrokerOptions::default().node()
     }
 }
 
@@ -120,23 +130,43 @@ fn opt_id<S: serde::Serializer>(id: &Option<EventId>, s: S) -> Result<S::Ok, S::
     }
 }
 
-/// What the subscriptions and the broker handle share with the writer thread.
+/// What the subscriptions, the tailer and the broker handles share.
 pub(crate) struct Shared {
-    pub log: Arc<dyn Log>,
+    pub engine: Arc<dyn Engine>,
     pub fanout: Arc<Fanout>,
-    pub visible: Arc<AtomicU64>,
-    pub failed: Arc<AtomicBool>,
+    /// Every event at or below this id is committed and readable from the engine; every later
+    /// one will reach the live channels. Raised only by the tailer.
+    pub visible: AtomicU64,
+    /// Notified whenever the tailer has raised `visible`.
+    pub visible_changed: Notify,
     /// How often each stream was deleted since start-up; subscriptions notice a delete they
     /// missed on their live channel by comparing.
-    pub deletions: Arc<DashMap<StreamName, u64>>,
+    pub deletions: DashMap<StreamName, u64>,
     /// Events published to each stream since start-up.
-    pub published: Arc<DashMap<StreamName, u64>>,
-    pub metrics: Arc<metrics::BrokerMetrics>,
+    pub published: DashMap<StreamName, u64>,
+    pub metrics: metrics::BrokerMetrics,
 }
 
 impl Shared {
     pub fn deletions(&self, stream: &StreamName) -> u64 {
         self.deletions.get(stream).map_or(0, |e| *e)
+    }
+
+    pub fn visible(&self) -> EventId {
+        EventId(self.visible.load(Ordering::Acquire))
+    }
+
+    /// Resolves once the tailer has made `id` visible on this node.
+    async fn visible_through(&self, id: EventId) {
+        loop {
+            let notified = self.visible_changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.visible() >= id {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -144,63 +174,72 @@ impl Shared {
 #[derive(Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
-    inbox: Arc<Inbox>,
-    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     presence: Arc<Presence>,
-    retention: Retention,
 }
 
 impl Broker {
-    /// Opens the log and starts the writer thread. Start-up reads only the per-stream counters,
-    /// never the events, so it is fast whatever the log's size.
+    /// Opens a local engine (sled or memory, per `options.storage`) and serves it.
     pub fn open(options: BrokerOptions) -> Result<Broker, BrokerError> {
-        let log: Arc<dyn Log> = match &options.storage {
-            Storage::Memory => Arc::new(MemoryLog::new()),
-            Storage::Disk { dir, cache_bytes } => {
-                let flush_every = match options.durability {
-                    Durability::Fsync => None,
-                    Durability::Interval(every) => Some(every.as_millis().max(1) as u64),
-                };
-                Arc::new(SledLog::open(dir, *cache_bytes, flush_every)?)
-            }
-        };
+        let engine = LocalEngine::open(options.local())?;
+        let head = engine.head_now();
+        Broker::start(Arc::new(engine), head, options.node())
+    }
+
+    /// Serves any engine: a Rust app may pass its own. Follows the engine's tail from its head.
+    pub async fn on_engine(
+        engine: Arc<dyn Engine>,
+        node: NodeOptions,
+    ) -> Result<Broker, BrokerError> {
+        let head = engine.head().await?;
+        Broker::start(engine, head, node)
+    }
+
+    fn start(
+        engine: Arc<dyn Engine>,
+        head: Position,
+        node: NodeOptions,
+    ) -> Result<Broker, BrokerError> {
+        let mut metrics = metrics::BrokerMetrics::default();
+        if let Some(histogram) = engine.sync_seconds() {
+            metrics.fsync_seconds = histogram;
+        }
         let shared = Arc::new(Shared {
-            visible: Arc::new(AtomicU64::new(log.last_id().0)),
-            fanout: Arc::new(Fanout::new(options.channel_capacity)),
-            failed: Arc::new(AtomicBool::new(false)),
-            deletions: Arc::new(DashMap::new()),
-            published: Arc::new(DashMap::new()),
-            metrics: Arc::new(metrics::BrokerMetrics::default()),
-            log,
+            engine: engine.clone(),
+            fanout: Arc::new(Fanout::new(node.channel_capacity)),
+            visible: AtomicU64::new(head.id.0),
+            visible_changed: Notify::new(),
+            deletions: DashMap::new(),
+            published: DashMap::new(),
+            metrics,
         });
-        let (commands, receiver) = mpsc::channel();
-        let writer = Writer {
-            log: shared.log.clone(),
-            outbox: writer::Outbox::new(shared.fanout.clone()),
-            visible: shared.visible.clone(),
-            failed: shared.failed.clone(),
-            durability: options.durability,
-            retention: options.retention,
-            trim_every: options.trim_every,
-            commands: receiver,
-            deletions: shared.deletions.clone(),
-            published: shared.published.clone(),
-            metrics: shared.metrics.clone(),
-        };
-        let handle = std::thread::Builder::new()
-            .name("herald-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| BrokerError::Store(format!("cannot start the writer thread: {e}")))?;
+        let tailer = tailer::run(Arc::downgrade(&shared), head);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(tailer)),
+            // No runtime to run on (a plain `main`, a benchmark): a thread of its own.
+            Err(_) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(BrokerError::store)?;
+                std::thread::Builder::new()
+                    .name("herald-tailer".into())
+                    .spawn(move || runtime.block_on(tailer))
+                    .map_err(BrokerError::store)?;
+            }
+        }
         Ok(Broker {
             shared,
-            inbox: Arc::new(Inbox::new(commands)),
-            writer: Arc::new(Mutex::new(Some(handle))),
-            presence: Arc::new(Presence::new(options.presence_grace)),
-            retention: options.retention,
+            presence: Arc::new(Presence::new(node.presence_grace)),
         })
     }
 
-    /// Publishes one event; resolves once it is durable and visible to every live subscriber.
+    /// The engine this broker serves.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.shared.engine
+    }
+
+    /// Publishes one event; resolves once it is committed and visible to every live subscriber
+    /// of this node.
     pub async fn publish(&self, event: NewEvent) -> Result<Arc<Event>, BrokerError> {
         let mut events = self.publish_batch(vec![event]).await?;
         events.pop().ok_or(BrokerError::ShuttingDown)
@@ -211,22 +250,31 @@ impl Broker {
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Arc<Event>>, BrokerError> {
-        self.inbox
-            .publish(events)
-            .await
-            .ok_or(BrokerError::ShuttingDown)?
+        let events = self.shared.engine.append(events).await?;
+        if let Some(last) = events.last() {
+            self.shared.visible_through(last.id).await;
+        }
+        Ok(events)
     }
 
     /// Seals a stream: later publishes are refused with [`BrokerError::Sealed`], and every
     /// subscriber gets [`Delivery::Closed`] after the stream's last event. Durable; idempotent.
     pub async fn seal(&self, stream: &StreamName) -> Result<(), BrokerError> {
-        self.change(stream, Change::Seal).await.map(drop)
+        self.shared
+            .engine
+            .change(stream, Change::Seal)
+            .await
+            .map(drop)
     }
 
     /// Deletes a stream's events and settings; its subscribers get [`Delivery::Closed`]. The
     /// name can be published to again.
     pub async fn delete(&self, stream: &StreamName) -> Result<(), BrokerError> {
-        self.change(stream, Change::Delete).await.map(drop)
+        self.shared
+            .engine
+            .change(stream, Change::Delete)
+            .await
+            .map(drop)
     }
 
     /// Sets a stream's own retention (`None`: the server's; `Some(0)`: unlimited), kept across
@@ -241,42 +289,27 @@ impl Broker {
             max_len,
             max_age_ms,
         };
-        let own = self.change(stream, change).await?;
+        let own = self.shared.engine.change(stream, change).await?;
         Ok(self.retention_of(stream.clone(), own))
     }
 
     /// A stream's retention settings and what they come to.
-    pub fn retention(&self, stream: &StreamName) -> RetentionInfo {
-        self.retention_of(stream.clone(), self.shared.log.settings(stream))
+    pub async fn retention(&self, stream: &StreamName) -> Result<RetentionInfo, BrokerError> {
+        let state = self.shared.engine.stream(stream).await?;
+        Ok(self.retention_of(stream.clone(), state.settings))
     }
 
     fn retention_of(&self, stream: StreamName, own: StreamSettings) -> RetentionInfo {
         RetentionInfo {
             stream,
-            effective: self.retention.with(&own),
+            effective: self.shared.engine.retention().with(&own),
             own,
         }
     }
 
     /// Whether a stream is sealed.
-    pub fn is_sealed(&self, stream: &StreamName) -> bool {
-        self.shared.log.settings(stream).sealed
-    }
-
-    async fn change(
-        &self,
-        stream: &StreamName,
-        change: Change,
-    ) -> Result<StreamSettings, BrokerError> {
-        let (reply, answer) = oneshot::channel();
-        self.inbox
-            .send(Command::Change {
-                stream: stream.clone(),
-                change,
-                reply,
-            })
-            .map_err(|_| BrokerError::ShuttingDown)?;
-        answer.await.map_err(|_| BrokerError::ShuttingDown)?
+    pub async fn is_sealed(&self, stream: &StreamName) -> Result<bool, BrokerError> {
+        Ok(self.shared.engine.stream(stream).await?.settings.sealed)
     }
 
     /// Who is online in each stream.
@@ -291,7 +324,7 @@ impl Broker {
 
     /// The id of the newest event visible to readers.
     pub fn last_visible_id(&self) -> EventId {
-        EventId(self.shared.visible.load(Ordering::Acquire))
+        self.shared.visible()
     }
 
     /// Up to `limit` events of `stream` after `after`, ascending.
@@ -302,8 +335,7 @@ impl Broker {
         limit: usize,
     ) -> Result<Vec<Event>, BrokerError> {
         let upto = self.last_visible_id();
-        self.blocking_read(stream, move |log, s| log.read(s, after, upto, limit))
-            .await
+        self.shared.engine.read(stream, after, upto, limit).await
     }
 
     /// The newest `n` events of `stream`, ascending.
@@ -313,8 +345,7 @@ impl Broker {
         n: usize,
     ) -> Result<Vec<Event>, BrokerError> {
         let upto = self.last_visible_id();
-        self.blocking_read(stream, move |log, s| log.read_last(s, upto, n))
-            .await
+        self.shared.engine.read_last(stream, upto, n).await
     }
 
     /// One event of `stream` by id.
@@ -326,54 +357,65 @@ impl Broker {
         if id > self.last_visible_id() {
             return Ok(None);
         }
-        self.blocking_read(stream, move |log, s| log.get(s, id))
-            .await
-    }
-
-    async fn blocking_read<T, F>(&self, stream: &StreamName, read: F) -> Result<T, BrokerError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Log, &StreamName) -> Result<T, LogError> + Send + 'static,
-    {
-        let log = self.shared.log.clone();
-        let stream = stream.clone();
-        tokio::task::spawn_blocking(move || read(log.as_ref(), &stream))
-            .await
-            .map_err(|e| BrokerError::Store(e.to_string()))?
-            .map_err(BrokerError::from)
+        self.shared.engine.get(stream, id).await
     }
 
     /// One stream's counters; a stream never published to has length 0.
-    pub fn stream_info(&self, stream: &StreamName) -> StreamInfo {
-        let stats = self.shared.log.stats(stream).unwrap_or_default();
-        self.info(stream.clone(), stats)
+    pub async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo, BrokerError> {
+        let state = self.shared.engine.stream(stream).await?;
+        Ok(self.info(stream.clone(), state))
     }
 
-    /// Every stream that holds or held events, has settings or has live subscribers, by name.
-    pub fn streams(&self) -> Vec<StreamInfo> {
-        let mut all: std::collections::BTreeMap<StreamName, StreamStats> =
-            self.shared.log.all_stats().into_iter().collect();
-        let others = self
-            .shared
-            .log
-            .all_settings()
-            .into_iter()
-            .map(|(name, _)| name)
-            .chain(self.shared.fanout.streams());
-        for stream in others {
-            all.entry(stream).or_default();
+    /// One page of the streams that hold or held events, have settings or have live
+    /// subscribers here, by name.
+    pub async fn streams(&self, query: ListQuery) -> Result<Vec<StreamInfo>, BrokerError> {
+        let stored = self.shared.engine.list(query.clone()).await?;
+        // Streams with subscribers but nothing stored belong on the page too, up to where it
+        // ends (a full page ends at its last name; a short one reaches the end of the list).
+        let full = stored.len() == query.limit;
+        let end = stored.last().map(|(name, _)| name.clone());
+        let mut page: std::collections::BTreeMap<StreamName, StreamState> =
+            stored.into_iter().collect();
+        for name in self.shared.fanout.streams() {
+            let within = !full || end.as_ref().is_some_and(|end| &name <= end);
+            if query.admits(&name) && within && !page.contains_key(&name) {
+                let state = self.shared.engine.stream(&name).await?;
+                page.insert(name, state);
+            }
         }
-        all.into_iter()
-            .map(|(name, stats)| self.info(name, stats))
-            .collect()
+        Ok(page
+            .into_iter()
+            .take(query.limit)
+            .map(|(name, state)| self.info(name, state))
+            .collect())
     }
 
-    fn info(&self, name: StreamName, stats: StreamStats) -> StreamInfo {
+    /// Every stream [`Broker::streams`] would list, page after page.
+    pub async fn all_streams(&self) -> Result<Vec<StreamInfo>, BrokerError> {
+        const PAGE: usize = 1000;
+        let mut all = Vec::new();
+        loop {
+            let query = ListQuery {
+                prefix: String::new(),
+                after: all.last().map(|info: &StreamInfo| info.name.clone()),
+                limit: PAGE,
+            };
+            let page = self.streams(query).await?;
+            let more = page.len() == PAGE;
+            all.extend(page);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    fn info(&self, name: StreamName, state: StreamState) -> StreamInfo {
+        let stats = state.stats.unwrap_or_default();
         StreamInfo {
             subscribers: self.shared.fanout.subscribers(&name),
             published: self.shared.published.get(&name).map_or(0, |n| *n),
             online: self.presence.online(&name),
-            sealed: self.shared.log.settings(&name).sealed,
+            sealed: state.settings.sealed,
             length: stats.length,
             first_id: (stats.length > 0).then_some(stats.first_id),
             last_id: (stats.last_id > EventId::ZERO).then_some(stats.last_id),
@@ -381,7 +423,7 @@ impl Broker {
         }
     }
 
-    /// Events published since start-up, all streams.
+    /// Events made visible on this node since start-up, all streams.
     pub fn published(&self) -> u64 {
         self.shared.metrics.published.get()
     }
@@ -393,15 +435,15 @@ impl Broker {
 
     /// False once a write could not be made durable.
     pub fn is_writable(&self) -> bool {
-        !self.shared.failed.load(Ordering::Acquire)
+        self.shared.engine.is_writable()
     }
 
     /// Bytes the log occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.shared.log.size_on_disk()
+        self.shared.engine.size_on_disk()
     }
 
-    /// Commits what is queued, flushes, records a clean stop and ends the writer thread. Later
+    /// Commits what is queued, flushes, records a clean stop and stops the engine. Later
     /// publishes fail with `ShuttingDown`.
     ///
     /// A disk log stays open (and its directory locked) until every handle that shares it is
@@ -409,13 +451,6 @@ impl Broker {
     /// from it. Once they are, the directory can be opened again at once, in this process or
     /// another; before, [`Broker::open`] on it fails with an "is in use" error.
     pub async fn close(&self) {
-        let (reply, done) = oneshot::channel();
-        if self.inbox.send(Command::Close { reply }).is_ok() {
-            let _ = done.await;
-        }
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+        self.shared.engine.close().await;
     }
 }

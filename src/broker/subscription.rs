@@ -5,13 +5,13 @@
 //! is the whole design:
 //! 1. join the topic's live channel *first*, so nothing made visible from now on is missed;
 //! 2. read the visible watermark: every event up to it is in the log, every later one will also
-//!    arrive on the channel (the writer raises the watermark before it sends);
+//!    arrive on the channel (the node's tailer raises the watermark before it sends);
 //! 3. catch up from the log in pages, bounded by the watermark, in id order across all streams;
 //! 4. go live, skipping any channel event at or below the cursor (already read from the log).
 //!
 //! A receiver that lags behind its channel's capacity goes back to step 3 from its cursor, so a
 //! slow subscriber costs a bounded channel slot, never a queue of its own, and never slows the
-//! writer. The cursor only moves forward, so nothing is delivered twice.
+//! tailer. The cursor only moves forward, so nothing is delivered twice.
 //!
 //! A stream's end — sealed or deleted — reaches a subscriber as [`Delivery::Closed`], in order
 //! after the stream's last event (it travels the same channel). Whenever a subscription goes
@@ -20,16 +20,15 @@
 //! stream it reads is sealed and told, the subscription ends.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::Stream;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::engine::{Engine, EngineError, StreamState};
 use super::event::{Event, EventId, StreamName};
 use super::fanout::{Live, Membership, Topic};
-use super::log::Log;
 use super::{BrokerError, Shared};
 
 /// Events read from the log per step of a catch-up.
@@ -105,7 +104,7 @@ pub struct Subscription {
 impl Subscription {
     pub(crate) fn new(shared: Arc<Shared>, streams: Topic, start: StartAt) -> Subscription {
         let membership = shared.fanout.join(streams.clone());
-        let visible = EventId(shared.visible.load(Ordering::Acquire));
+        let visible = shared.visible();
         // An id from the future (say, a client of a data directory since wiped) would otherwise
         // hide every event until the sequence caught up with it: treat it as "now".
         let (cursor, catching_up) = match start {
@@ -140,14 +139,22 @@ impl Subscription {
 
     /// True when there is nothing to wait for: every stream is sealed and no retained event is
     /// past the cursor. (An HTTP subscribe answers `204 No Content` then.)
-    pub fn is_finished(&self) -> bool {
-        self.streams.iter().all(|stream| {
-            let log = &self.shared.log;
-            let unread = log
-                .stats(stream)
+    pub async fn is_finished(&self) -> Result<bool, BrokerError> {
+        for state in self.states().await? {
+            let unread = state
+                .stats
                 .is_some_and(|s| s.length > 0 && s.last_id > self.cursor);
-            log.settings(stream).sealed && !unread
-        })
+            if !state.settings.sealed || unread {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// What the engine knows of each stream read, in order.
+    async fn states(&self) -> Result<Vec<StreamState>, BrokerError> {
+        let engine = &self.shared.engine;
+        futures::future::try_join_all(self.streams.iter().map(|s| engine.stream(s))).await
     }
 
     /// How often this subscriber fell behind its live channel and was caught up from the log.
@@ -168,25 +175,26 @@ impl Subscription {
             }
             self.cursor = self.cursor.max(self.pending_bound);
             if self.catching_up {
-                let upto = EventId(self.shared.visible.load(Ordering::Acquire));
+                let upto = self.shared.visible();
                 if self.cursor >= upto {
                     self.catching_up = false;
                     self.check_lifecycle = true;
                     continue;
                 }
-                self.note_gaps();
-                if !self.pending.is_empty() {
-                    continue;
-                }
-                let log = self.shared.log.clone();
-                let streams = self.streams.clone();
-                let after = self.cursor;
-                let page = tokio::task::spawn_blocking(move || {
-                    read_page(log.as_ref(), &streams, after, upto)
-                })
-                .await;
-                match page {
-                    Ok(Ok((events, bound))) => {
+                let page = async {
+                    let states = self.states().await?;
+                    let page = read_page(
+                        self.shared.engine.as_ref(),
+                        &self.streams,
+                        self.cursor,
+                        upto,
+                    )
+                    .await?;
+                    Ok::<_, BrokerError>((states, page))
+                };
+                match page.await {
+                    Ok((states, (events, bound))) => {
+                        self.note_gaps(&states);
                         let metrics = &self.shared.metrics;
                         metrics.catch_up_reads.inc();
                         metrics.catch_up_events.inc_by(events.len() as u64);
@@ -194,12 +202,14 @@ impl Subscription {
                             .extend(events.into_iter().map(|e| Delivery::Event(Arc::new(e))));
                         self.pending_bound = bound;
                     }
-                    Ok(Err(e)) => return Some(Err(e.into())),
-                    Err(e) => return Some(Err(BrokerError::Store(e.to_string()))),
+                    Err(e) => return Some(Err(e)),
                 }
             } else if self.check_lifecycle {
+                match self.states().await {
+                    Ok(states) => self.note_lifecycle(&states),
+                    Err(e) => return Some(Err(e)),
+                }
                 self.check_lifecycle = false;
-                self.note_lifecycle();
             } else if self.sealed_told.iter().all(|told| *told) {
                 return None;
             } else {
@@ -214,6 +224,7 @@ impl Subscription {
                             self.closed(i, deleted);
                         }
                     }
+                    Ok(Live::Resync) => self.catching_up = true,
                     Err(RecvError::Lagged(_)) => {
                         self.lag_recoveries += 1;
                         self.shared.metrics.lag_recoveries.inc();
@@ -256,6 +267,10 @@ impl Subscription {
                         self.closed(i, deleted);
                     }
                 }
+                Ok(Live::Resync) => {
+                    self.catching_up = true;
+                    return None;
+                }
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
                     self.lag_recoveries += 1;
                     self.shared.metrics.lag_recoveries.inc();
@@ -271,18 +286,12 @@ impl Subscription {
     /// to its end. A seal whose last events are still ahead of the cursor is not told here: those
     /// events and then the seal itself are on their way through the live channel, in order (or,
     /// if it overflows, the next catch-up reads the events and this check runs again).
-    fn note_lifecycle(&mut self) {
-        for i in 0..self.streams.len() {
-            let stream = &self.streams[i];
-            let epoch = self.shared.deletions(stream);
-            let sealed = self.shared.log.settings(stream).sealed;
-            let read_to_end = self
-                .shared
-                .log
-                .stats(stream)
-                .is_none_or(|stats| stats.last_id <= self.cursor);
+    fn note_lifecycle(&mut self, states: &[StreamState]) {
+        for (i, state) in states.iter().enumerate() {
+            let epoch = self.shared.deletions(&self.streams[i]);
+            let read_to_end = state.stats.is_none_or(|stats| stats.last_id <= self.cursor);
             self.closed(i, Some(epoch));
-            if sealed && read_to_end {
+            if state.settings.sealed && read_to_end {
                 self.closed(i, None);
             }
         }
@@ -311,21 +320,21 @@ impl Subscription {
     }
 
     /// Queues one `Gap` per stream whose retained history no longer reaches the cursor.
-    fn note_gaps(&mut self) {
+    fn note_gaps(&mut self, states: &[StreamState]) {
         if self.cursor == EventId::ZERO {
             return; // "everything retained" cannot miss anything
         }
-        for (i, stream) in self.streams.iter().enumerate() {
+        for (i, state) in states.iter().enumerate() {
             if self.gap_told[i] {
                 continue;
             }
-            let Some(stats) = self.shared.log.stats(stream) else {
+            let Some(stats) = state.stats else {
                 continue;
             };
             if stats.trimmed_through > self.cursor {
                 self.gap_told[i] = true;
                 self.pending.push_back(Delivery::Gap(Gap {
-                    stream: stream.clone(),
+                    stream: self.streams[i].clone(),
                     requested_after: self.cursor,
                     oldest_available: (stats.length > 0).then_some(stats.first_id),
                 }));
@@ -335,25 +344,26 @@ impl Subscription {
 
     /// This subscription as a `futures::Stream`.
     pub fn into_stream(self) -> impl Stream<Item = Result<Delivery, BrokerError>> + Send + Sync {
-        futures::stream::unfold(self, |mut sub| async move {
+        // An engine's futures need not be `Sync`; a stream is only ever polled through `&mut`.
+        sync_wrapper::SyncStream::new(futures::stream::unfold(self, |mut sub| async move {
             sub.next().await.map(|item| (item, sub))
-        })
+        }))
     }
 }
 
 /// Reads the next events after `after` of all `streams` in id order, up to `upto`. Returns them
 /// and the id up to which the answer is complete: a stream that filled its page may hold more
 /// beyond its last id, so nothing past the smallest such id can be trusted to be complete yet.
-fn read_page(
-    log: &dyn Log,
+async fn read_page(
+    engine: &dyn Engine,
     streams: &[StreamName],
     after: EventId,
     upto: EventId,
-) -> Result<(Vec<Event>, EventId), super::log::LogError> {
+) -> Result<(Vec<Event>, EventId), EngineError> {
     let mut bound = upto;
     let mut events = Vec::new();
     for stream in streams {
-        let mut page = log.read(stream, after, upto, PAGE)?;
+        let mut page = engine.read(stream, after, upto, PAGE).await?;
         if page.len() == PAGE {
             if let Some(last) = page.last() {
                 bound = bound.min(last.id);

@@ -22,6 +22,7 @@ use warp::Filter;
 
 use super::{with_api, Api};
 use crate::broker::Broker;
+use crate::broker::StreamInfo;
 
 /// Streams named in `herald_subscriptions{stream=…}`; the rest are summed.
 const TOP_STREAMS: usize = 20;
@@ -171,8 +172,7 @@ impl Exporter {
         }
     }
 
-    fn encode(&self, api: &Api) -> Result<String, std::fmt::Error> {
-        let mut streams = api.broker.streams();
+    fn encode(&self, api: &Api, mut streams: Vec<StreamInfo>) -> Result<String, std::fmt::Error> {
         self.streams.set(streams.len() as i64);
         self.subscriptions.set(api.limits.open() as i64);
         self.store_bytes.set(api.broker.size_on_disk() as i64);
@@ -230,18 +230,24 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_api(api))
-        .map(|api: Api| match api.exporter.encode(&api) {
-            Ok(text) => {
-                let mut response = Response::new(text.into());
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                response
+        .then(|api: Api| async move {
+            let streams = match api.broker.all_streams().await {
+                Ok(streams) => streams,
+                Err(e) => return super::error::respond(Err(e.into())),
+            };
+            match api.exporter.encode(&api, streams) {
+                Ok(text) => {
+                    let mut response = Response::new(text.into());
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    response
+                }
+                Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics"),
             }
-            Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics"),
         });
     health.or(ready).unify().or(metrics).unify()
 }

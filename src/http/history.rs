@@ -18,24 +18,33 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         .and(warp::get())
         .and(auth::reader(api.clone()))
         .and(with_api(api.clone()))
-        .map(|grant: Result<Grant, ApiError>, api: Api| {
-            respond(grant.map(|grant| {
-                // A private stream the caller may not read is not listed: its name is private too.
-                let mut streams = api.broker.streams();
-                streams.retain(|info| api.options.access.may_read(&grant, &info.name));
-                warp::reply::json(&streams).into_response()
-            }))
+        .then(|grant: Result<Grant, ApiError>, api: Api| async move {
+            respond(
+                async {
+                    let grant = grant?;
+                    // A private stream the caller may not read is not listed: its name is
+                    // private too.
+                    let mut streams = api.broker.all_streams().await?;
+                    streams.retain(|info| api.options.access.may_read(&grant, &info.name));
+                    Ok(warp::reply::json(&streams).into_response())
+                }
+                .await,
+            )
         });
-    let one =
-        warp::path!("streams" / String)
-            .and(warp::get())
-            .and(auth::reader(api.clone()))
-            .and(with_api(api.clone()))
-            .map(|stream: String, grant, api: Api| {
-                respond(readable_stream(&api, &stream, grant).map(|stream| {
-                    warp::reply::json(&api.broker.stream_info(&stream)).into_response()
-                }))
-            });
+    let one = warp::path!("streams" / String)
+        .and(warp::get())
+        .and(auth::reader(api.clone()))
+        .and(with_api(api.clone()))
+        .then(|stream: String, grant, api: Api| async move {
+            respond(
+                async {
+                    let stream = readable_stream(&api, &stream, grant)?;
+                    let info = api.broker.stream_info(&stream).await?;
+                    Ok(warp::reply::json(&info).into_response())
+                }
+                .await,
+            )
+        });
     let events = warp::path!("streams" / String / "events")
         .and(warp::get())
         .and(raw_query())

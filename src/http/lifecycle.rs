@@ -39,7 +39,8 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                 async {
                     let stream = writable_stream(&api, &stream, grant)?;
                     api.broker.seal(&stream).await?;
-                    Ok(warp::reply::json(&api.broker.stream_info(&stream)).into_response())
+                    let info = api.broker.stream_info(&stream).await?;
+                    Ok(warp::reply::json(&info).into_response())
                 }
                 .await,
             )
@@ -48,11 +49,15 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         .and(warp::get())
         .and(auth::reader(api.clone()))
         .and(with_api(api.clone()))
-        .map(|stream: String, grant, api: Api| {
-            respond(readable_stream(&api, &stream, grant).map(|stream| {
-                warp::reply::json(&RetentionBody::from(api.broker.retention(&stream)))
-                    .into_response()
-            }))
+        .then(|stream: String, grant, api: Api| async move {
+            respond(
+                async {
+                    let stream = readable_stream(&api, &stream, grant)?;
+                    let retention = api.broker.retention(&stream).await?;
+                    Ok(warp::reply::json(&RetentionBody::from(retention)).into_response())
+                }
+                .await,
+            )
         });
     let put_retention = warp::path!("streams" / String / "retention")
         .and(warp::put())

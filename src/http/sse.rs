@@ -47,14 +47,14 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         .and(peer_addr())
         .and(warp::ext::optional::<RequestId>())
         .and(with_api(api))
-        .map(
+        .then(
             |query: String,
              last_event_id: Option<String>,
              accept: Option<String>,
              grant,
              peer,
              id: Option<RequestId>,
-             api| {
+             api| async move {
                 let request = Request {
                     query,
                     last_event_id,
@@ -63,7 +63,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                     peer,
                     id: id.map_or_else(|| Uuid::new_v4().simple().to_string(), |id| id.0),
                 };
-                respond(subscribe(api, request))
+                respond(subscribe(api, request).await)
             },
         )
 }
@@ -154,7 +154,7 @@ fn parse_request(
     })
 }
 
-fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
+async fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
     let grant = arrived.grant?;
     let request = parse_request(
         &arrived.query,
@@ -167,7 +167,7 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
     }
     let client = access.presence_id(&grant, request.client)?;
     let subscription = api.broker.subscribe(request.streams, request.start);
-    if subscription.is_finished() {
+    if subscription.is_finished().await? {
         // Only sealed streams, nothing left to send: the one answer that makes EventSource stop.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -194,8 +194,11 @@ fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
 /// A `200 text/event-stream` response of `body`, uncached, and unbuffered by proxies that honour
 /// `X-Accel-Buffering` (nginx).
 pub(super) fn event_stream(
-    body: impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + Sync + 'static,
+    body: impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
 ) -> Response {
+    // warp asks for a `Sync` body; the engine's futures inside it need not be (a body is only
+    // ever polled through `&mut`).
+    let body = sync_wrapper::SyncStream::new(body);
     let mut response = warp::reply::stream(body).into_response();
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
@@ -424,9 +427,7 @@ impl SseBody {
         batch.map_or(first, BytesMut::freeze)
     }
 
-    fn into_stream(
-        self,
-    ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + Sync {
+    fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
         // Boxed, so that each step moves a pointer rather than the whole body.
         futures::stream::unfold(Box::new(self), |mut body| async move {
             body.next_frame().await.map(|frame| (Ok(frame), body))

@@ -35,16 +35,16 @@ struct Snapshot {
     streams: Vec<StreamInfo>,
 }
 
-fn snapshot(api: &Api, grant: &Grant) -> Snapshot {
-    let mut streams = api.broker.streams();
+async fn snapshot(api: &Api, grant: &Grant) -> Result<Snapshot, ApiError> {
+    let mut streams = api.broker.all_streams().await?;
     streams.retain(|info| api.options.access.may_read(grant, &info.name));
-    Snapshot {
+    Ok(Snapshot {
         uptime: api.started.elapsed().as_secs_f64(),
         connections: api.limits.open(),
         published: api.broker.published(),
         delivered: api.metrics.delivered.get(),
         streams,
-    }
+    })
 }
 
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
@@ -52,8 +52,14 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         .and(warp::get())
         .and(auth::reader(api.clone()))
         .and(with_api(api.clone()))
-        .map(|grant: Result<Grant, ApiError>, api: Api| {
-            respond(grant.map(|grant| warp::reply::json(&snapshot(&api, &grant)).into_response()))
+        .then(|grant: Result<Grant, ApiError>, api: Api| async move {
+            respond(
+                async {
+                    let snapshot = snapshot(&api, &grant?).await?;
+                    Ok(warp::reply::json(&snapshot).into_response())
+                }
+                .await,
+            )
         });
     let live = warp::path!("stats" / "live")
         .and(warp::get())
@@ -114,13 +120,20 @@ fn live_response(api: Api, grant: Grant, slot: Slot) -> Response {
             return None;
         }
         let window = live.api.options.shutdown_retry_window;
-        let next = tokio::select! {
+        let stop = tokio::select! {
             biased;
-            _ = live.shutdown.wait_for(|stop| *stop) => {
-                live.ended = true;
-                come_back_later(window)
+            _ = live.shutdown.wait_for(|stop| *stop) => true,
+            _ = live.ticks.tick() => false,
+        };
+        let next = if stop {
+            live.ended = true;
+            come_back_later(window)
+        } else {
+            match snapshot(&live.api, &live.grant).await {
+                Ok(snapshot) => frame(&snapshot),
+                // Skipped this once; the next tick tries again.
+                Err(e) => Bytes::from(format!(": stats unavailable: {}\n\n", e.message)),
             }
-            _ = live.ticks.tick() => frame(&snapshot(&live.api, &live.grant)),
         };
         Some((Ok(next), live))
     });

@@ -18,7 +18,7 @@
 //! - `m` stream → the stream's [`StreamStats`], so start-up never scans events.
 //! - `c` stream → the stream's [`StreamSettings`] (absent when they are the default).
 //! - `d` stream → a delete floor: the stream's events up to this id were deleted. Readers skip
-//!   them at once; [`Log::purge`] removes their bytes later in bounded steps, then the floor.
+//!   them at once; [`Store::purge`] removes their bytes later in bounded steps, then the floor.
 //! - `s` → the id ceiling: ids up to it may have been handed out. Ids are reserved in blocks and
 //!   the ceiling is fsync'd *before* any id above the old one is used, so after a crash the next
 //!   id is above every id anyone may have seen, even when publishing without per-event fsync. A
@@ -43,8 +43,15 @@ use std::sync::{Mutex, MutexGuard};
 
 use sled::{Batch, Db};
 
-use super::{by_name, Log, LogError, Retention, StreamSettings, StreamStats, TrimOutcome};
+use super::store::{by_name, Store, StoreError, TrimOutcome};
+use crate::broker::engine::{Retention, StreamSettings, StreamStats};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
+}
 
 const SEQ_KEY: &[u8] = b"s";
 const CLEAN_KEY: &[u8] = b"k";
@@ -63,7 +70,7 @@ const EVENT_HEADER: usize = 14;
 /// 100-byte events behind each key.
 const RUN_BYTES: usize = 4096;
 
-pub struct SledLog {
+pub struct SledStore {
     db: Db,
     /// What makes a flush durable (see the module docs).
     syncer: Syncer,
@@ -96,13 +103,16 @@ impl Syncer {
     /// Makes everything written to `db` so far durable: sled's flush, then the blob files it
     /// wrote (and their directory's entries), then an `fdatasync` of its log, so no synced
     /// record points to a blob that is not.
-    fn flush(&self, db: &Db) -> Result<(), LogError> {
+    fn flush(&self, db: &Db) -> Result<(), StoreError> {
         db.flush()?;
-        self.sync_blobs()
-            .map_err(|e| LogError::Storage(format!("syncing sled's blob files failed: {e}")))?;
-        self.log
-            .sync_data()
-            .map_err(|e| LogError::Storage(format!("fdatasync of the log failed: {e}")))
+        self.sync_blobs().map_err(|source| StoreError::Io {
+            what: "syncing sled's blob files failed".into(),
+            source,
+        })?;
+        self.log.sync_data().map_err(|source| StoreError::Io {
+            what: "fdatasync of the log failed".into(),
+            source,
+        })
     }
 
     fn sync_blobs(&self) -> std::io::Result<()> {
@@ -157,15 +167,15 @@ impl State {
     }
 }
 
-impl SledLog {
+impl SledStore {
     /// Opens (or creates) the log in `dir`. `cache_bytes` bounds sled's page cache;
     /// `flush_every_ms` turns on sled's background flusher (for the relaxed durability mode; with
-    /// `None` only [`Log::sync`] flushes).
+    /// `None` only [`Store::sync`] flushes).
     pub fn open(
         dir: &Path,
         cache_bytes: u64,
         flush_every_ms: Option<u64>,
-    ) -> Result<Self, LogError> {
+    ) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -176,12 +186,13 @@ impl SledLog {
                 // another holder only in this message (kind `Other`); the test of a directory in
                 // use catches a change of wording.
                 sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
-                    LogError::InUse(dir.display().to_string())
+                    StoreError::InUse(dir.display().to_string())
                 }
                 e => e.into(),
             })?;
-        let io = |what: &str, e: std::io::Error| {
-            LogError::Storage(format!("{what} in {}: {e}", dir.display()))
+        let io = |what: &str, e: std::io::Error| StoreError::Io {
+            what: format!("{what} in {}", dir.display()),
+            source: e,
         };
         let syncer = Syncer {
             log: File::open(dir.join(SLED_LOG_FILE)).map_err(|e| io("cannot open the log", e))?,
@@ -197,7 +208,7 @@ impl SledLog {
                 .map_err(|e| io("cannot fsync", e))?;
         }
         let ceiling = match db.get(SEQ_KEY)? {
-            Some(v) => read_u64(&v, 0).ok_or_else(|| LogError::Corrupt("id ceiling".into()))?,
+            Some(v) => read_u64(&v, 0).ok_or_else(|| StoreError::Corrupt("id ceiling".into()))?,
             None => 0,
         };
         // The marker is there only if the last stop was clean. It goes at once, durably: from
@@ -211,14 +222,14 @@ impl SledLog {
         let floors = load(&db, b'd', |v| {
             read_u64(v, 0)
                 .map(EventId)
-                .ok_or_else(|| LogError::Corrupt("delete floor".into()))
+                .ok_or_else(|| StoreError::Corrupt("delete floor".into()))
         })?;
         if !clean {
             for (name, stats) in &mut stats {
                 count_runs_past(&db, name, stats)?;
             }
         }
-        Ok(SledLog {
+        Ok(SledStore {
             db,
             syncer,
             state: Mutex::new(State {
@@ -238,7 +249,7 @@ impl SledLog {
         events: Vec<NewEvent>,
         time: u64,
         one_stream_each: bool,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<Vec<Event>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -246,7 +257,7 @@ impl SledLog {
         let last = st
             .next
             .checked_add(events.len() as u64 - 1)
-            .ok_or(LogError::IdsExhausted)?;
+            .ok_or(StoreError::IdsExhausted)?;
         if last > st.ceiling {
             let ceiling = last.saturating_add(RESERVE);
             self.db.insert(SEQ_KEY, &ceiling.to_be_bytes())?;
@@ -324,8 +335,8 @@ impl SledLog {
     }
 }
 
-impl Log for SledLog {
-    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, LogError> {
+impl Store for SledStore {
+    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
         self.append_runs(events, time, false)
     }
 
@@ -333,7 +344,7 @@ impl Log for SledLog {
         &self,
         requests: Vec<Vec<NewEvent>>,
         time: u64,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<Vec<Event>, StoreError> {
         let one_stream_each = requests
             .iter()
             .all(|r| r.windows(2).all(|w| w[0].stream == w[1].stream));
@@ -344,7 +355,7 @@ impl Log for SledLog {
         )
     }
 
-    fn sync(&self) -> Result<(), LogError> {
+    fn sync(&self) -> Result<(), StoreError> {
         self.syncer.flush(&self.db)
     }
 
@@ -354,7 +365,7 @@ impl Log for SledLog {
         after: EventId,
         upto: EventId,
         limit: usize,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<Vec<Event>, StoreError> {
         let after = after.max(self.state().floor(stream));
         if after >= upto || limit == 0 {
             return Ok(Vec::new());
@@ -383,7 +394,7 @@ impl Log for SledLog {
         stream: &StreamName,
         upto: EventId,
         n: usize,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<Vec<Event>, StoreError> {
         let floor = self.state().floor(stream);
         if floor >= upto || n == 0 {
             return Ok(Vec::new());
@@ -415,7 +426,7 @@ impl Log for SledLog {
         Ok(newest_first)
     }
 
-    fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, LogError> {
+    fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, StoreError> {
         if id <= self.state().floor(stream) {
             return Ok(None);
         }
@@ -438,7 +449,7 @@ impl Log for SledLog {
         retention: &Retention,
         now: u64,
         budget: usize,
-    ) -> Result<TrimOutcome, LogError> {
+    ) -> Result<TrimOutcome, StoreError> {
         let mut st = self.state();
         let Some(mut stats) = st.stats.get(stream).copied() else {
             return Ok(TrimOutcome::default());
@@ -498,7 +509,11 @@ impl Log for SledLog {
         Ok(outcome)
     }
 
-    fn put_settings(&self, stream: &StreamName, settings: StreamSettings) -> Result<(), LogError> {
+    fn put_settings(
+        &self,
+        stream: &StreamName,
+        settings: StreamSettings,
+    ) -> Result<(), StoreError> {
         let mut st = self.state();
         if settings.is_default() {
             self.db.remove(keyed(b'c', stream))?;
@@ -523,7 +538,7 @@ impl Log for SledLog {
         by_name(self.state().settings.iter())
     }
 
-    fn delete(&self, stream: &StreamName) -> Result<(), LogError> {
+    fn delete(&self, stream: &StreamName) -> Result<(), StoreError> {
         let mut st = self.state();
         let floor = st
             .stats
@@ -545,7 +560,7 @@ impl Log for SledLog {
         Ok(())
     }
 
-    fn purge(&self, budget: usize) -> Result<bool, LogError> {
+    fn purge(&self, budget: usize) -> Result<bool, StoreError> {
         let mut st = self.state();
         let Some((stream, floor)) = st.floors.iter().next().map(|(s, f)| (s.clone(), *f)) else {
             return Ok(false);
@@ -588,7 +603,7 @@ impl Log for SledLog {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    fn close(&self) -> Result<(), LogError> {
+    fn close(&self) -> Result<(), StoreError> {
         let st = self.state();
         self.db.insert(SEQ_KEY, &(st.next - 1).to_be_bytes())?;
         self.db.insert(CLEAN_KEY, &[])?;
@@ -604,7 +619,11 @@ fn runs_from(db: &Db, stream: &StreamName, id: EventId) -> sled::Iter {
 /// Adds to a stream's counters the runs stored after the last event they count: after a crash,
 /// what plain inserts stored before their counters (see `append_runs`). Normally finds nothing,
 /// in one lookup.
-fn count_runs_past(db: &Db, stream: &StreamName, stats: &mut StreamStats) -> Result<(), LogError> {
+fn count_runs_past(
+    db: &Db,
+    stream: &StreamName,
+    stats: &mut StreamStats,
+) -> Result<(), StoreError> {
     for item in runs_from(db, stream, EventId(stats.last_id.0.saturating_add(1))) {
         let (key, value) = item?;
         for stored in Run::parse(stream, &key, &value)? {
@@ -649,26 +668,28 @@ fn keyed(tag: u8, stream: &StreamName) -> Vec<u8> {
 fn load<T>(
     db: &Db,
     tag: u8,
-    decode: impl Fn(&[u8]) -> Result<T, LogError>,
-) -> Result<HashMap<StreamName, T>, LogError> {
+    decode: impl Fn(&[u8]) -> Result<T, StoreError>,
+) -> Result<HashMap<StreamName, T>, StoreError> {
     let mut all = HashMap::new();
     for item in db.scan_prefix([tag]) {
         let (key, value) = item?;
         let name = std::str::from_utf8(&key[1..])
             .ok()
             .and_then(|n| StreamName::new(n).ok())
-            .ok_or_else(|| LogError::Corrupt(format!("stream name in a {:?} key", tag as char)))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("stream name in a {:?} key", tag as char))
+            })?;
         all.insert(name, decode(&value)?);
     }
     Ok(all)
 }
 
-fn id_from_key(key: &[u8]) -> Result<EventId, LogError> {
+fn id_from_key(key: &[u8]) -> Result<EventId, StoreError> {
     key.len()
         .checked_sub(8)
         .and_then(|at| read_u64(key, at))
         .map(EventId)
-        .ok_or_else(|| LogError::Corrupt("short event key".into()))
+        .ok_or_else(|| StoreError::Corrupt("short event key".into()))
 }
 
 fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
@@ -753,9 +774,9 @@ struct Stored<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn parse(stream: &'a StreamName, key: &[u8], value: &'a [u8]) -> Result<Run<'a>, LogError> {
+    fn parse(stream: &'a StreamName, key: &[u8], value: &'a [u8]) -> Result<Run<'a>, StoreError> {
         let key_id = id_from_key(key)?;
-        let corrupt = || LogError::Corrupt(format!("record {key_id} of stream {stream}"));
+        let corrupt = || StoreError::Corrupt(format!("record {key_id} of stream {stream}"));
         let time = read_u64(value, 1).ok_or_else(corrupt)?;
         match value.first() {
             Some(&SINGLE_EVENT) => Ok(Run {
@@ -812,7 +833,7 @@ impl<'a> Run<'a> {
 }
 
 impl<'a> Iterator for Run<'a> {
-    type Item = Result<Stored<'a>, LogError>;
+    type Item = Result<Stored<'a>, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
@@ -821,14 +842,14 @@ impl<'a> Iterator for Run<'a> {
         self.left -= 1;
         Some(self.next_event().ok_or_else(|| {
             self.left = 0;
-            LogError::Corrupt(format!("a record of stream {} is cut short", self.stream))
+            StoreError::Corrupt(format!("a record of stream {} is cut short", self.stream))
         }))
     }
 }
 
 impl Stored<'_> {
-    fn event(&self, stream: &StreamName) -> Result<Event, LogError> {
-        let corrupt = || LogError::Corrupt(format!("event {} of stream {stream}", self.id));
+    fn event(&self, stream: &StreamName) -> Result<Event, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("event {} of stream {stream}", self.id));
         let kind = match self.kind {
             [] => None,
             bytes => Some(
@@ -864,9 +885,9 @@ fn encode_stats(stats: &StreamStats) -> [u8; 40] {
     out
 }
 
-fn decode_stats(bytes: &[u8]) -> Result<StreamStats, LogError> {
+fn decode_stats(bytes: &[u8]) -> Result<StreamStats, StoreError> {
     let field = |i: usize| {
-        read_u64(bytes, i * 8).ok_or_else(|| LogError::Corrupt("stream counters".into()))
+        read_u64(bytes, i * 8).ok_or_else(|| StoreError::Corrupt("stream counters".into()))
     };
     Ok(StreamStats {
         length: field(0)?,
@@ -901,13 +922,13 @@ fn encode_settings(settings: &StreamSettings) -> [u8; 18] {
     out
 }
 
-fn decode_settings(bytes: &[u8]) -> Result<StreamSettings, LogError> {
-    let corrupt = || LogError::Corrupt("stream settings".into());
+fn decode_settings(bytes: &[u8]) -> Result<StreamSettings, StoreError> {
+    let corrupt = || StoreError::Corrupt("stream settings".into());
     if bytes.len() != 18 || bytes[0] != RECORD_VERSION {
         return Err(corrupt());
     }
     let flags = bytes[1];
-    let field = |at: usize, flag: u8| -> Result<Option<u64>, LogError> {
+    let field = |at: usize, flag: u8| -> Result<Option<u64>, StoreError> {
         if flags & flag == 0 {
             return Ok(None);
         }
@@ -923,7 +944,7 @@ fn decode_settings(bytes: &[u8]) -> Result<StreamSettings, LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::log::{new, open_sled};
+    use crate::broker::engine::local::store::{new, open_sled};
 
     /// What a crash between a single-run append's two inserts leaves: the run stored, the
     /// stream's counters as they were before it. Reopening counts the run in.

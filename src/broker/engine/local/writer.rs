@@ -1,11 +1,12 @@
-//! The one thread that changes the log: group commit, then fan-out, then the acknowledgements.
+//! The one thread that changes the local log: group commit, then the tail, then the
+//! acknowledgements.
 //!
 //! Publishers queue their events and wait (through the [`Inbox`], which first gathers the
 //! requests made at the same moment). The writer takes everything queued (a group), appends it
-//! in one go (each request all or nothing), fsyncs once for the whole group, and only then makes
-//! it visible: it raises the visible watermark, sends each event to the live channels in id
-//! order, and answers every publisher (both through the [`Outbox`], from a task on the async
-//! runtime). While it fsyncs, the next group queues up, so durable publishing costs one fsync per
+//! in one go (each request all or nothing), fsyncs once for the whole group, and only then hands
+//! it on: the committed records go to the tail (which the node's tailer turns into the watermark
+//! and the live channels), then every publisher is answered (both through the [`Outbox`], from a
+//! task on the async runtime). While it fsyncs, the next group queues up, so durable publishing costs one fsync per
 //! group, not per request.
 //! Because one thread decides all of this, and one queue carries it out, publish order, id order
 //! and live delivery order are the same thing. Sealing and deleting a stream go through the same
@@ -15,19 +16,18 @@
 //! race an append.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SendError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
-use dashmap::DashMap;
-
-use super::event::{now_millis, Event, NewEvent, StreamName};
-use super::fanout::Fanout;
-use super::log::{Log, Retention, StreamSettings};
-use super::BrokerError;
+use super::store::{Store, StoreError};
+use super::tail::{Positions, TailHub};
+use crate::broker::engine::{Change, Committed, EngineError, Record, Retention, StreamSettings};
+use crate::broker::event::{now_millis, Event, NewEvent, StreamName};
 
 /// How many events one group may hold before it is committed (a single larger batch request is
 /// still committed whole).
@@ -35,7 +35,8 @@ const MAX_GROUP_EVENTS: usize = 8192;
 /// Events removed per trim step, so one huge trim never holds up publishers for long.
 const TRIM_BUDGET: usize = 4096;
 
-pub(crate) type PublishReply = oneshot::Sender<Result<Vec<Arc<Event>>, BrokerError>>;
+pub(crate) type PublishReply = oneshot::Sender<Result<Vec<Arc<Event>>, EngineError>>;
+pub(crate) type ChangeReply = oneshot::Sender<Result<StreamSettings, EngineError>>;
 
 /// One publish request: its events (all or nothing) and where its answer goes.
 pub(crate) type Request = (Vec<NewEvent>, PublishReply);
@@ -47,24 +48,10 @@ pub(crate) enum Command {
     Change {
         stream: StreamName,
         change: Change,
-        reply: oneshot::Sender<Result<StreamSettings, BrokerError>>,
+        reply: ChangeReply,
     },
     /// Flush, record a clean stop, and end the thread.
     Close { reply: oneshot::Sender<()> },
-}
-
-/// What can be done to a stream besides publishing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// Close for good: refuse later publishes, tell subscribers, let them go.
-    Seal,
-    /// Replace the stream's own retention (`None`: follow the server's; `Some(0)`: unlimited).
-    Retention {
-        max_len: Option<u64>,
-        max_age_ms: Option<u64>,
-    },
-    /// Remove its events and settings; tell subscribers.
-    Delete,
 }
 
 /// When an acknowledged event is on disk.
@@ -79,28 +66,24 @@ pub enum Durability {
 
 /// Everything the writer thread owns or shares.
 pub(crate) struct Writer {
-    pub log: Arc<dyn Log>,
+    pub store: Arc<dyn Store>,
     pub outbox: Outbox,
-    /// Highest id that is durable (per `durability`) and sent to the live channels.
-    pub visible: Arc<AtomicU64>,
     /// Set when an fsync failed: from then on nothing is acknowledged as durable.
     pub failed: Arc<AtomicBool>,
     pub durability: Durability,
     pub retention: Retention,
     pub trim_every: Duration,
     pub commands: Receiver<Command>,
-    /// How many times each stream was deleted since start-up (subscriptions compare).
-    pub deletions: Arc<DashMap<StreamName, u64>>,
-    /// Events published to each stream since start-up (for rates on the dashboard).
-    pub published: Arc<DashMap<StreamName, u64>>,
-    pub metrics: Arc<super::metrics::BrokerMetrics>,
+    /// Where the next committed record goes in the tail.
+    pub positions: Positions,
+    pub sync_seconds: Histogram,
 }
 
 impl Writer {
-    pub fn run(self) {
+    pub fn run(mut self) {
         // The writer is the only one to change settings, so its copy is always current.
         let mut settings: HashMap<StreamName, StreamSettings> =
-            self.log.all_settings().into_iter().collect();
+            self.store.all_settings().into_iter().collect();
         let mut last_time = 0u64;
         let mut next_trim = Instant::now() + self.trim_every;
         let mut trimming = false;
@@ -134,11 +117,10 @@ impl Writer {
                             reply,
                         } => {
                             self.commit(std::mem::take(&mut group), &settings, &mut last_time);
-                            let result = self.change(&mut settings, &stream, change);
+                            self.change(&mut settings, &stream, change, reply);
                             if matches!(change, Change::Retention { .. }) {
                                 next_trim = Instant::now();
                             }
-                            let _ = reply.send(result);
                             break;
                         }
                         Command::Close { reply } => {
@@ -166,17 +148,15 @@ impl Writer {
 
     /// fsync, timed for `/metrics`. A failure means nothing more can be acknowledged as
     /// durable (see `failed`).
-    fn sync(&self) -> Result<(), super::log::LogError> {
+    fn sync(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let synced = self.log.sync();
-        self.metrics
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let synced = self.store.sync();
+        self.sync_seconds.observe(started.elapsed().as_secs_f64());
         synced.inspect_err(|_| self.failed.store(true, Ordering::Release))
     }
 
     fn commit(
-        &self,
+        &mut self,
         group: Vec<Request>,
         settings: &HashMap<StreamName, StreamSettings>,
         last_time: &mut u64,
@@ -192,7 +172,7 @@ impl Writer {
             .into_iter()
             .filter_map(|(events, reply)| match sealed(&events) {
                 Some(stream) => {
-                    let _ = reply.send(Err(BrokerError::Sealed(stream)));
+                    let _ = reply.send(Err(EngineError::Sealed(stream)));
                     None
                 }
                 None => Some((events, reply)),
@@ -203,7 +183,7 @@ impl Writer {
         }
         if self.failed.load(Ordering::Acquire) {
             for (_, reply) in group {
-                let _ = reply.send(Err(BrokerError::StoreFailed));
+                let _ = reply.send(Err(EngineError::StoreFailed));
             }
             return;
         }
@@ -218,7 +198,7 @@ impl Writer {
         // Never let time go backwards, so age-based retention agrees with id order.
         *last_time = now_millis().max(*last_time);
         let appended = self
-            .log
+            .store
             .append_group(requests, *last_time)
             .and_then(|events| {
                 if self.durability == Durability::Fsync {
@@ -230,38 +210,48 @@ impl Writer {
             Ok(events) => events.into_iter().map(Arc::new).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "append failed; the group is refused");
-                let message = e.to_string();
+                let e = EngineError::store(e);
                 for reply in replies {
-                    let _ = reply.send(Err(BrokerError::Store(message.clone())));
+                    let _ = reply.send(Err(e.clone()));
                 }
                 return;
             }
         };
-        if let Some(last) = events.last() {
-            self.visible.store(last.id.0, Ordering::Release);
-        }
-        self.metrics.published.inc_by(events.len() as u64);
-        for event in &events {
-            match self.published.get_mut(&event.stream) {
-                Some(mut count) => *count += 1,
-                None => *self.published.entry(event.stream.clone()).or_insert(0) += 1,
-            }
-        }
-        self.outbox.send(Outgoing::Published {
-            events,
-            replies: replies.into_iter().zip(sizes).collect(),
+        let records = events
+            .iter()
+            .map(|event| Committed {
+                position: self.positions.event(event),
+                record: Record::Event(event.clone()),
+            })
+            .collect();
+        let mut rest = events.as_slice();
+        let replies = replies
+            .into_iter()
+            .zip(sizes)
+            .map(|(reply, size)| {
+                let (mine, tail) = rest.split_at(size.min(rest.len()));
+                rest = tail;
+                (reply, mine.to_vec())
+            })
+            .collect();
+        self.outbox.send(Outgoing {
+            records,
+            replies,
+            changed: None,
         });
     }
 
-    /// Applies a change, makes it durable, then tells the live channels.
+    /// Applies a change, makes it durable, then hands it to the tail and answers.
     fn change(
-        &self,
+        &mut self,
         settings: &mut HashMap<StreamName, StreamSettings>,
         stream: &StreamName,
         change: Change,
-    ) -> Result<StreamSettings, BrokerError> {
+        reply: ChangeReply,
+    ) {
         if self.failed.load(Ordering::Acquire) {
-            return Err(BrokerError::StoreFailed);
+            let _ = reply.send(Err(EngineError::StoreFailed));
+            return;
         }
         let mut new = settings.get(stream).copied().unwrap_or_default();
         match change {
@@ -276,50 +266,51 @@ impl Writer {
             Change::Delete => new = StreamSettings::default(),
         }
         let durable = match change {
-            Change::Delete => self.log.delete(stream),
-            _ => self.log.put_settings(stream, new),
+            Change::Delete => self.store.delete(stream),
+            _ => self.store.put_settings(stream, new),
         }
         .and_then(|()| self.sync());
         if let Err(e) = durable {
             tracing::error!(%stream, error = %e, "changing the stream failed");
-            return Err(e.into());
+            let _ = reply.send(Err(EngineError::store(e)));
+            return;
         }
         if new.is_default() {
             settings.remove(stream);
         } else {
             settings.insert(stream.clone(), new);
         }
-        match change {
+        let record = match change {
             Change::Seal => {
-                self.outbox.send(Outgoing::Closed {
-                    stream: stream.clone(),
-                    deleted: None,
-                });
                 tracing::info!(%stream, "stream sealed");
+                Record::Sealed(stream.clone())
             }
             Change::Delete => {
-                let epoch = {
-                    let mut epoch = self.deletions.entry(stream.clone()).or_insert(0);
-                    *epoch += 1;
-                    *epoch
-                };
-                self.outbox.send(Outgoing::Closed {
-                    stream: stream.clone(),
-                    deleted: Some(epoch),
-                });
                 tracing::info!(%stream, "stream deleted");
+                Record::Deleted(stream.clone())
             }
             Change::Retention { .. } => {
                 tracing::info!(%stream, max_len = ?new.max_len, max_age_ms = ?new.max_age_ms, "stream retention set");
+                Record::Settings(stream.clone(), new)
             }
-        }
-        Ok(new)
+        };
+        self.tell(record, Some((reply, new)));
+    }
+
+    /// Hands a record that is not an event to the tail, then the answer to whoever asked.
+    fn tell(&mut self, record: Record, changed: Option<(ChangeReply, StreamSettings)>) {
+        let position = self.positions.other();
+        self.outbox.send(Outgoing {
+            records: vec![Committed { position, record }],
+            replies: Vec::new(),
+            changed,
+        });
     }
 
     /// Trims streams over their limits and purges deleted ones, at most one budget per stream;
     /// true if more remains.
-    fn trim_step(&self, settings: &HashMap<StreamName, StreamSettings>) -> bool {
-        let mut more = match self.log.purge(TRIM_BUDGET) {
+    fn trim_step(&mut self, settings: &HashMap<StreamName, StreamSettings>) -> bool {
+        let mut more = match self.store.purge(TRIM_BUDGET) {
             Ok(more) => more,
             Err(e) => {
                 tracing::error!(error = %e, "purging deleted streams failed");
@@ -333,7 +324,7 @@ impl Writer {
             return more;
         }
         let now = now_millis();
-        for (stream, stats) in self.log.all_stats() {
+        for (stream, stats) in self.store.all_stats() {
             let retention = match settings.get(&stream) {
                 Some(own) => self.retention.with(own),
                 None => self.retention,
@@ -341,10 +332,15 @@ impl Writer {
             if !retention.wants_trim(&stats, now) {
                 continue;
             }
-            match self.log.trim(&stream, &retention, now, TRIM_BUDGET) {
+            match self.store.trim(&stream, &retention, now, TRIM_BUDGET) {
                 Ok(outcome) => {
                     more |= outcome.more;
                     tracing::debug!(%stream, removed = outcome.removed, "trimmed");
+                    if let Some(through) = self.store.stats(&stream).map(|s| s.trimmed_through) {
+                        if outcome.removed > 0 {
+                            self.tell(Record::Trimmed { stream, through }, None);
+                        }
+                    }
                 }
                 Err(e) => tracing::error!(%stream, error = %e, "trim failed"),
             }
@@ -353,74 +349,66 @@ impl Writer {
     }
 
     fn close(&self) {
-        if let Err(e) = self.log.close() {
+        if let Err(e) = self.store.close() {
             tracing::error!(error = %e, "closing the log failed");
         }
     }
 }
 
-/// What the writer hands out once a group is durable: events for the live channels, with the
-/// publishers' answers, or the end of a stream.
-pub(crate) enum Outgoing {
-    Published {
-        events: Vec<Arc<Event>>,
-        /// Each publisher's answer channel and how many of `events` are its own, in order.
-        replies: Vec<(PublishReply, usize)>,
-    },
-    Closed {
-        stream: StreamName,
-        deleted: Option<u64>,
-    },
+/// What the writer hands out once a commit is durable: the records for the tail, with the
+/// answers to whoever asked for them. So a caller hears back only once the tail has its records:
+/// a head read after an answer is at or past them.
+pub(crate) struct Outgoing {
+    records: Vec<Committed>,
+    /// Each publisher's answer channel and its own events.
+    replies: Vec<(PublishReply, Vec<Arc<Event>>)>,
+    /// The answer to a change, and the stream's settings after it.
+    changed: Option<(ChangeReply, StreamSettings)>,
 }
 
 impl Outgoing {
-    fn deliver(self, fanout: &Fanout) {
-        match self {
-            Outgoing::Published { events, replies } => {
-                for event in &events {
-                    fanout.send(event);
-                }
-                let mut rest = events.as_slice();
-                for (reply, size) in replies {
-                    let (mine, tail) = rest.split_at(size.min(rest.len()));
-                    rest = tail;
-                    let _ = reply.send(Ok(mine.to_vec()));
-                }
-            }
-            Outgoing::Closed { stream, deleted } => fanout.send_closed(&stream, deleted),
+    /// The tail first, so the node's tailer has the records before any publisher hears back.
+    fn deliver(self, tail: &TailHub) {
+        tail.commit(self.records);
+        for (reply, mine) in self.replies {
+            let _ = reply.send(Ok(mine));
+        }
+        if let Some((reply, settings)) = self.changed {
+            let _ = reply.send(Ok(settings));
         }
     }
 }
 
 /// Sends the writer's results out from a task on the async runtime rather than from the writer
-/// thread. A broadcast send wakes every waiting subscriber; from a thread outside the runtime
-/// each wake-up is a locked push onto the runtime's shared queue, from a task on it a push onto
-/// the worker's own queue, and the writer pays one cross-thread wake per group instead of one
-/// per subscriber per event. (Measured: no change in CPU per delivery beyond this VM's noise —
-/// BENCHMARKS.md — but the publishers' answers also leave the writer thread, which is then free
-/// for the next group sooner.) One task, one queue: the order the writer decided is the order
-/// delivered. Outside a runtime (or once it is gone) the writer delivers by itself.
+/// thread. Each hand-over wakes the node's tailer, which wakes the subscribers; from a thread
+/// outside the runtime each wake-up is a locked push onto the runtime's shared queue, from a
+/// task on it a push onto the worker's own queue, and the writer pays one cross-thread wake per
+/// group instead of one per reader. The publishers' answers also leave the writer thread, which
+/// is then free for the next group sooner. One task, one queue: the order the writer decided is
+/// the order delivered. Outside a runtime (or once it is gone) the writer delivers by itself.
 pub(crate) struct Outbox {
-    fanout: Arc<Fanout>,
+    tail: Arc<TailHub>,
     queue: Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
 }
 
 impl Outbox {
-    pub fn new(fanout: Arc<Fanout>) -> Outbox {
+    pub fn new(tail: Arc<TailHub>) -> Outbox {
         let queue = tokio::runtime::Handle::try_current().ok().map(|runtime| {
             let (queue, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
-            let fanout = fanout.clone();
+            let tail = tail.clone();
             runtime.spawn(async move {
                 let mut ready = Vec::new();
                 while outgoing.recv_many(&mut ready, 64).await > 0 {
                     for out in ready.drain(..) {
-                        out.deliver(&fanout);
+                        out.deliver(&tail);
                     }
                 }
+                // The writer is gone, and all it committed is handed over: end every tail.
+                tail.close();
             });
             queue
         });
-        Outbox { fanout, queue }
+        Outbox { tail, queue }
     }
 
     fn send(&self, out: Outgoing) {
@@ -432,7 +420,17 @@ impl Outbox {
             },
             None => out,
         };
-        out.deliver(&self.fanout);
+        out.deliver(&self.tail);
+    }
+}
+
+/// The writer is gone: every tail ends once all it committed is handed over (by the task, when
+/// there is one, after the rest of its queue).
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.queue.is_none() {
+            self.tail.close();
+        }
     }
 }
 
@@ -478,7 +476,7 @@ impl Inbox {
     pub async fn publish(
         &self,
         events: Vec<NewEvent>,
-    ) -> Option<Result<Vec<Arc<Event>>, BrokerError>> {
+    ) -> Option<Result<Vec<Arc<Event>>, EngineError>> {
         let (reply, answer) = oneshot::channel();
         let first = {
             let mut gathered = self.gathered();

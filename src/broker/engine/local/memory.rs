@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{by_name, Log, LogError, Retention, StreamSettings, StreamStats, TrimOutcome};
+use super::store::{by_name, Store, StoreError, TrimOutcome};
+use crate::broker::engine::{Retention, StreamSettings, StreamStats};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 #[derive(Default)]
-pub struct MemoryLog {
+pub struct MemoryStore {
     inner: RwLock<Inner>,
 }
 
@@ -31,7 +32,7 @@ struct Record {
     data: String,
 }
 
-impl MemoryLog {
+impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
@@ -56,13 +57,13 @@ fn to_event(stream: &StreamName, id: u64, record: &Record) -> Event {
     )
 }
 
-impl Log for MemoryLog {
-    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, LogError> {
+impl Store for MemoryStore {
+    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
         let mut inner = self.write_lock();
         inner
             .last
             .checked_add(events.len() as u64)
-            .ok_or(LogError::IdsExhausted)?;
+            .ok_or(StoreError::IdsExhausted)?;
         let mut appended = Vec::with_capacity(events.len());
         for new in events {
             inner.last += 1;
@@ -85,7 +86,7 @@ impl Log for MemoryLog {
         Ok(appended)
     }
 
-    fn sync(&self) -> Result<(), LogError> {
+    fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -95,7 +96,7 @@ impl Log for MemoryLog {
         after: EventId,
         upto: EventId,
         limit: usize,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<Vec<Event>, StoreError> {
         if after >= upto {
             return Ok(Vec::new());
         }
@@ -114,7 +115,7 @@ impl Log for MemoryLog {
         stream: &StreamName,
         upto: EventId,
         n: usize,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<Vec<Event>, StoreError> {
         let inner = self.read_lock();
         let mut events: Vec<Event> = inner.streams.get(stream).map_or_else(Vec::new, |s| {
             s.events
@@ -128,7 +129,7 @@ impl Log for MemoryLog {
         Ok(events)
     }
 
-    fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, LogError> {
+    fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, StoreError> {
         let inner = self.read_lock();
         Ok(inner
             .streams
@@ -143,7 +144,7 @@ impl Log for MemoryLog {
         retention: &Retention,
         now: u64,
         budget: usize,
-    ) -> Result<TrimOutcome, LogError> {
+    ) -> Result<TrimOutcome, StoreError> {
         let mut inner = self.write_lock();
         let Some(s) = inner.streams.get_mut(stream) else {
             return Ok(TrimOutcome::default());
@@ -171,7 +172,11 @@ impl Log for MemoryLog {
         Ok(outcome)
     }
 
-    fn put_settings(&self, stream: &StreamName, settings: StreamSettings) -> Result<(), LogError> {
+    fn put_settings(
+        &self,
+        stream: &StreamName,
+        settings: StreamSettings,
+    ) -> Result<(), StoreError> {
         let mut inner = self.write_lock();
         if settings.is_default() {
             inner.settings.remove(stream);
@@ -193,7 +198,7 @@ impl Log for MemoryLog {
         by_name(self.read_lock().settings.iter())
     }
 
-    fn delete(&self, stream: &StreamName) -> Result<(), LogError> {
+    fn delete(&self, stream: &StreamName) -> Result<(), StoreError> {
         let mut inner = self.write_lock();
         inner.settings.remove(stream);
         let old = inner.streams.remove(stream);
@@ -202,7 +207,7 @@ impl Log for MemoryLog {
         Ok(())
     }
 
-    fn purge(&self, _budget: usize) -> Result<bool, LogError> {
+    fn purge(&self, _budget: usize) -> Result<bool, StoreError> {
         Ok(false)
     }
 
@@ -229,7 +234,7 @@ impl Log for MemoryLog {
         0
     }
 
-    fn close(&self) -> Result<(), LogError> {
+    fn close(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }

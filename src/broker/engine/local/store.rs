@@ -1,26 +1,26 @@
-//! The append-only event log, behind a narrow interface.
+//! The storage of one node's log, behind a narrow, synchronous interface: what the local engine's
+//! writer thread calls. Two stores: [`SledStore`] on disk and [`MemoryStore`].
 //!
-//! The broker needs only: append (the log assigns ids), make durable, read a range of one stream,
-//! trim by retention, and per-stream counters. Keeping it this small is what lets a second backend
-//! (Redis Streams, for several herald nodes behind one load balancer) slot in without touching the
-//! fan-out or the HTTP layer. Two backends live here: [`SledLog`] on disk and [`MemoryLog`].
-//!
-//! Only the broker's single writer thread calls the mutating methods (`append`, `append_group`,
-//! `sync`, `trim`, `close`), so a backend may assume they are never concurrent with each other;
-//! reads may come from any thread at any time.
+//! Only the writer thread calls the mutating methods (`append`, `append_group`, `sync`, `trim`,
+//! `close`), so a store may assume they are never concurrent with each other; reads may come from
+//! any thread at any time.
 
-mod memory;
-mod sled;
+pub use super::memory::MemoryStore;
+pub use super::sled::SledStore;
 
-pub use self::memory::MemoryLog;
-pub use self::sled::SledLog;
-
-use super::event::{Event, EventId, NewEvent, StreamName};
+use crate::broker::engine::{Retention, StreamSettings, StreamStats};
+use crate::broker::event::{Event, EventId, NewEvent, StreamName};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    #[error("storage error: {0}")]
-    Storage(String),
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[source] ::sled::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt record in the log: {0}")]
     Corrupt(String),
     #[error("the event id sequence is exhausted")]
@@ -32,12 +32,6 @@ pub enum LogError {
     InUse(String),
 }
 
-impl From<::sled::Error> for LogError {
-    fn from(e: ::sled::Error) -> Self {
-        LogError::Storage(e.to_string())
-    }
-}
-
 /// A per-stream map's entries, by stream name: how the `all_*` methods answer.
 pub(crate) fn by_name<'a, T: Copy + 'a>(
     entries: impl Iterator<Item = (&'a StreamName, &'a T)>,
@@ -47,39 +41,7 @@ pub(crate) fn by_name<'a, T: Copy + 'a>(
     all
 }
 
-/// Counters of one stream, kept up to date by every append and trim (never computed by a scan).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamStats {
-    /// Events retained now.
-    pub length: u64,
-    /// Oldest retained event, `EventId(0)` when the stream is empty.
-    pub first_id: EventId,
-    /// Newest event ever appended, `EventId(0)` when never published to.
-    pub last_id: EventId,
-    /// Publish time of the oldest retained event (Unix ms), for age-based trimming.
-    pub first_time: u64,
-    /// The highest id removed by retention: a reader positioned below it has missed events.
-    pub trimmed_through: EventId,
-}
-
-/// How much of a stream to keep. `None` means no limit of that kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Retention {
-    pub max_len: Option<u64>,
-    /// Events older than this many milliseconds are removed.
-    pub max_age_ms: Option<u64>,
-}
-
 impl Retention {
-    /// Whether a stream with these counters has anything to trim at time `now`.
-    pub fn wants_trim(&self, stats: &StreamStats, now: u64) -> bool {
-        let too_long = self.max_len.is_some_and(|max| stats.length > max);
-        let too_old = self
-            .max_age_ms
-            .is_some_and(|age| stats.length > 0 && stats.first_time + age < now);
-        too_long || too_old
-    }
-
     /// Walks a stream from its oldest event and says which to remove. Shared by the backends so
     /// they trim by exactly the same rule.
     pub(crate) fn plan(&self, stats: &StreamStats, now: u64) -> TrimPlan {
@@ -110,44 +72,7 @@ impl TrimPlan {
     }
 }
 
-impl Retention {
-    /// This retention with a stream's own overrides applied.
-    pub fn with(&self, settings: &StreamSettings) -> Retention {
-        let pick = |own: Option<u64>, default: Option<u64>| match own {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => default,
-        };
-        Retention {
-            max_len: pick(settings.max_len, self.max_len),
-            max_age_ms: pick(settings.max_age_ms, self.max_age_ms),
-        }
-    }
-
-    pub fn is_unlimited(&self) -> bool {
-        self.max_len.is_none() && self.max_age_ms.is_none()
-    }
-}
-
-/// What a stream keeps about itself besides its events; survives restarts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamSettings {
-    /// Closed for good: publishing is refused, subscribers are told and let go.
-    pub sealed: bool,
-    /// The stream's own length limit: `None` follows the server's, `Some(0)` means unlimited.
-    pub max_len: Option<u64>,
-    /// The stream's own age limit in milliseconds: `None` follows the server's, `Some(0)` means
-    /// unlimited.
-    pub max_age_ms: Option<u64>,
-}
-
-impl StreamSettings {
-    pub fn is_default(&self) -> bool {
-        *self == StreamSettings::default()
-    }
-}
-
-/// What one call to [`Log::trim`] did.
+/// What one call to [`Store::trim`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrimOutcome {
     pub removed: u64,
@@ -155,25 +80,25 @@ pub struct TrimOutcome {
     pub more: bool,
 }
 
-pub trait Log: Send + Sync + 'static {
+pub trait Store: Send + Sync + 'static {
     /// Appends events in order, giving each the next id and the time `time`. All or nothing.
-    /// Appended events may be read back at once; they are durable only after [`Log::sync`].
-    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, LogError>;
+    /// Appended events may be read back at once; they are durable only after [`Store::sync`].
+    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError>;
 
     /// Appends several independent requests' events, in order, as one group: ids as if their
-    /// events were one [`Log::append`]. Each request is all or nothing; after a crash before
-    /// [`Log::sync`], a backend may keep some of the group's requests and not others (none was
+    /// events were one [`Store::append`]. Each request is all or nothing; after a crash before
+    /// [`Store::sync`], a backend may keep some of the group's requests and not others (none was
     /// acknowledged yet). The default appends everything at once.
     fn append_group(
         &self,
         requests: Vec<Vec<NewEvent>>,
         time: u64,
-    ) -> Result<Vec<Event>, LogError> {
+    ) -> Result<Vec<Event>, StoreError> {
         self.append(requests.into_iter().flatten().collect(), time)
     }
 
     /// Makes everything appended so far durable (fsync).
-    fn sync(&self) -> Result<(), LogError>;
+    fn sync(&self) -> Result<(), StoreError>;
 
     /// Events of `stream` with `after < id <= upto`, ascending, at most `limit`.
     fn read(
@@ -182,7 +107,7 @@ pub trait Log: Send + Sync + 'static {
         after: EventId,
         upto: EventId,
         limit: usize,
-    ) -> Result<Vec<Event>, LogError>;
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// The newest `n` events of `stream` with `id <= upto`, ascending.
     fn read_last(
@@ -190,10 +115,10 @@ pub trait Log: Send + Sync + 'static {
         stream: &StreamName,
         upto: EventId,
         n: usize,
-    ) -> Result<Vec<Event>, LogError>;
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// One event, if `stream` still holds it.
-    fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, LogError>;
+    fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, StoreError>;
 
     /// Removes what `retention` says is too many or too old, oldest first, at most `budget`
     /// events per call so a huge trim never stalls publishers for long.
@@ -203,10 +128,11 @@ pub trait Log: Send + Sync + 'static {
         retention: &Retention,
         now: u64,
         budget: usize,
-    ) -> Result<TrimOutcome, LogError>;
+    ) -> Result<TrimOutcome, StoreError>;
 
-    /// Stores a stream's settings (durable after [`Log::sync`]). Default settings are forgotten.
-    fn put_settings(&self, stream: &StreamName, settings: StreamSettings) -> Result<(), LogError>;
+    /// Stores a stream's settings (durable after [`Store::sync`]). Default settings are forgotten.
+    fn put_settings(&self, stream: &StreamName, settings: StreamSettings)
+        -> Result<(), StoreError>;
 
     /// A stream's settings; the default for a stream that has none.
     fn settings(&self, stream: &StreamName) -> StreamSettings;
@@ -215,13 +141,13 @@ pub trait Log: Send + Sync + 'static {
     fn all_settings(&self) -> Vec<(StreamName, StreamSettings)>;
 
     /// Deletes a stream: its events, counters and settings are gone at once for every reader
-    /// (durable after [`Log::sync`]). The name may be used again; its new events get new ids. A
-    /// backend may leave the removal of the old events' bytes to [`Log::purge`].
-    fn delete(&self, stream: &StreamName) -> Result<(), LogError>;
+    /// (durable after [`Store::sync`]). The name may be used again; its new events get new ids. A
+    /// backend may leave the removal of the old events' bytes to [`Store::purge`].
+    fn delete(&self, stream: &StreamName) -> Result<(), StoreError>;
 
     /// Frees what deleted streams left behind, at most `budget` records per call (an event, or
-    /// for [`SledLog`] a run of a few dozen); true if more remains.
-    fn purge(&self, budget: usize) -> Result<bool, LogError>;
+    /// for [`SledStore`] a run of a few dozen); true if more remains.
+    fn purge(&self, budget: usize) -> Result<bool, StoreError>;
 
     /// The counters of one stream; `None` if it was never published to.
     fn stats(&self, stream: &StreamName) -> Option<StreamStats>;
@@ -237,10 +163,10 @@ pub trait Log: Send + Sync + 'static {
     fn size_on_disk(&self) -> u64;
 
     /// Flushes and records a clean stop.
-    fn close(&self) -> Result<(), LogError>;
+    fn close(&self) -> Result<(), StoreError>;
 }
 
-/// An untyped event, for the backends' tests.
+/// An untyped event, for the stores' tests.
 #[cfg(test)]
 pub(crate) fn new(stream: &str, data: &str) -> NewEvent {
     NewEvent {
@@ -253,11 +179,11 @@ pub(crate) fn new(stream: &str, data: &str) -> NewEvent {
 #[cfg(test)]
 /// Opens a sled log in `dir`, waiting for a previous opening's lock: a dropped sled database
 /// lets go of it only once its io threads have finished their last writes, a moment later.
-pub(crate) fn open_sled(dir: &std::path::Path) -> SledLog {
+pub(crate) fn open_sled(dir: &std::path::Path) -> SledStore {
     for _ in 0..200 {
-        match SledLog::open(dir, 16 << 20, None) {
+        match SledStore::open(dir, 16 << 20, None) {
             Ok(log) => return log,
-            Err(LogError::InUse(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(StoreError::InUse(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
             Err(e) => panic!("{e}"),
         }
     }
@@ -265,8 +191,9 @@ pub(crate) fn open_sled(dir: &std::path::Path) -> SledLog {
 }
 
 #[cfg(test)]
-mod contract_tests {
-    //! The same behaviour is asked of every backend.
+mod store_tests {
+    //! The same behaviour is asked of both stores (the engine's own contract is
+    //! `engine::contract`; this is the level below it: trims by budget, purges, runs).
     use super::*;
     use crate::broker::event::EventType;
 
@@ -274,7 +201,7 @@ mod contract_tests {
         events.iter().map(|e| e.id.0).collect()
     }
 
-    fn exercise(log: &dyn Log) {
+    fn exercise_store(log: &dyn Store) {
         let a = StreamName::new("a").unwrap();
         let b = StreamName::new("b").unwrap();
         assert_eq!(log.last_id(), EventId(0));
@@ -416,14 +343,14 @@ mod contract_tests {
     }
 
     #[test]
-    fn memory_log_keeps_the_contract() {
-        exercise(&MemoryLog::new());
+    fn the_memory_store_keeps_the_store_contract() {
+        exercise_store(&MemoryStore::new());
     }
 
     #[test]
-    fn sled_log_keeps_the_contract() {
+    fn the_sled_store_keeps_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
-        exercise(&SledLog::open(dir.path(), 16 << 20, None).unwrap());
+        exercise_store(&SledStore::open(dir.path(), 16 << 20, None).unwrap());
     }
 
     type Seen = (u64, String, Option<String>, String, u64);
@@ -446,7 +373,7 @@ mod contract_tests {
         let dir = tempfile::tempdir().unwrap();
         let open = || open_sled(dir.path());
         let mut sled = open();
-        let memory = MemoryLog::new();
+        let memory = MemoryStore::new();
         let names: Vec<StreamName> = ["a", "b", "c"]
             .iter()
             .map(|n| StreamName::new(n).unwrap())
