@@ -44,8 +44,8 @@
 //!     assert_eq!(event.data, "hello");
 //! }
 //! // Presence: alice is a member of the room until the guard is dropped (plus the grace period).
-//! let alice = broker.presence().connect(&[room.clone()], ClientId::new("alice")?);
-//! assert_eq!(broker.presence().online(&room), 1);
+//! let alice = broker.presence().clone().connect(&[room.clone()], ClientId::new("alice")?);
+//! assert_eq!(broker.presence().online(&room).await?, 1);
 //! drop(alice);
 //! // Sealing: subscribers get `Delivery::Closed`, then their subscription ends.
 //! broker.seal(&room).await?;

@@ -119,16 +119,18 @@ async fn presence_through_the_library() {
     let broker = Broker::open(options).unwrap();
     let room = StreamName::new("room").unwrap();
     let presence = broker.presence();
-    let mut watch = presence.watch(std::slice::from_ref(&room));
-    let alice = presence.connect(std::slice::from_ref(&room), ClientId::new("alice").unwrap());
-    assert_eq!(presence.online(&room), 1);
+    let mut watch = presence.clone().watch(std::slice::from_ref(&room));
+    let alice = presence
+        .clone()
+        .connect(std::slice::from_ref(&room), ClientId::new("alice").unwrap());
+    assert_eq!(presence.online(&room).await.unwrap(), 1);
     assert_eq!(broker.stream_info(&room).await.unwrap().online, 1);
     let join = watch.next().await.unwrap();
     assert_eq!((join.client.as_str(), join.count), ("alice", 1));
     drop(alice);
     let leave = watch.next().await.unwrap();
     assert_eq!((leave.client.as_str(), leave.count), ("alice", 0));
-    assert_eq!(presence.members(&room).count, 0);
+    assert_eq!(presence.members(&room).await.unwrap().count, 0);
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ use self::engine::{Change, Engine, ListQuery, Position, StreamSettings, StreamSt
 pub use self::engine::{EngineError as BrokerError, Retention};
 use self::event::{Event, EventId, NewEvent, StreamName};
 use self::fanout::{topic, Fanout};
-use self::presence::Presence;
+use self::presence::{LocalPresence, Presence};
 pub use self::subscription::{Closed, Delivery, Gap, StartAt, Subscription};
 
 /// How to open a broker on a local engine: where its log lives and how this node serves it.
@@ -174,7 +174,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
-    presence: Arc<Presence>,
+    presence: Arc<dyn Presence>,
 }
 
 impl Broker {
@@ -229,8 +229,15 @@ impl Broker {
         }
         Ok(Broker {
             shared,
-            presence: Arc::new(Presence::new(node.presence_grace)),
+            presence: Arc::new(LocalPresence::new(node.presence_grace)),
         })
+    }
+
+    /// This broker with presence kept by `presence` rather than in this process (the
+    /// default), say to share members with other nodes.
+    pub fn with_presence(mut self, presence: Arc<dyn Presence>) -> Broker {
+        self.presence = presence;
+        self
     }
 
     /// The engine this broker serves.
@@ -313,7 +320,7 @@ impl Broker {
     }
 
     /// Who is online in each stream.
-    pub fn presence(&self) -> &Arc<Presence> {
+    pub fn presence(&self) -> &Arc<dyn Presence> {
         &self.presence
     }
 
@@ -363,7 +370,7 @@ impl Broker {
     /// One stream's counters; a stream never published to has length 0.
     pub async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo, BrokerError> {
         let state = self.shared.engine.stream(stream).await?;
-        Ok(self.info(stream.clone(), state))
+        self.info(stream.clone(), state).await
     }
 
     /// One page of the streams that hold or held events, have settings or have live
@@ -383,11 +390,11 @@ impl Broker {
                 page.insert(name, state);
             }
         }
-        Ok(page
-            .into_iter()
-            .take(query.limit)
-            .map(|(name, state)| self.info(name, state))
-            .collect())
+        let mut infos = Vec::with_capacity(page.len().min(query.limit));
+        for (name, state) in page.into_iter().take(query.limit) {
+            infos.push(self.info(name, state).await?);
+        }
+        Ok(infos)
     }
 
     /// Every stream [`Broker::streams`] would list, page after page.
@@ -409,18 +416,18 @@ impl Broker {
         }
     }
 
-    fn info(&self, name: StreamName, state: StreamState) -> StreamInfo {
+    async fn info(&self, name: StreamName, state: StreamState) -> Result<StreamInfo, BrokerError> {
         let stats = state.stats.unwrap_or_default();
-        StreamInfo {
+        Ok(StreamInfo {
             subscribers: self.shared.fanout.subscribers(&name),
             published: self.shared.published.get(&name).map_or(0, |n| *n),
-            online: self.presence.online(&name),
+            online: self.presence.online(&name).await?,
             sealed: state.settings.sealed,
             length: stats.length,
             first_id: (stats.length > 0).then_some(stats.first_id),
             last_id: (stats.last_id > EventId::ZERO).then_some(stats.last_id),
             name,
-        }
+        })
     }
 
     /// Events made visible on this node since start-up, all streams.

@@ -2,11 +2,13 @@
 //!
 //! A client is a member of a stream while it has a connection reading it, and for a grace period
 //! after its last one goes — so a page reload (close, then reconnect) is neither a leave nor a
-//! join, and nobody watching sees flicker. Members live only in memory: after a restart every
-//! client is simply absent until it reconnects, so a crash can never leave ghosts behind.
+//! join, and nobody watching sees flicker. Joins and leaves are told live, per stream, to whoever
+//! watches (`presence=1` subscribers), with the stream's member count after the change.
 //!
-//! Joins and leaves are told live, per stream, to whoever watches (`presence=1` subscribers),
-//! with the stream's member count after the change.
+//! [`Presence`] is the boundary: the HTTP layer and the broker know only it, so presence shared
+//! by several nodes can take the place of [`LocalPresence`], which keeps members in this
+//! process's memory: after a restart every client is simply absent until it reconnects, so a
+//! crash can never leave ghosts behind.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,12 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::stream::SelectAll;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, SelectAll};
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::engine::EngineError;
 use super::event::{now_millis, InvalidName, StreamName};
 
 /// Changes a watcher may fall behind by before it misses some (it then skips to the newest).
@@ -141,17 +145,37 @@ impl Room {
     }
 }
 
-/// The presence registry of one broker.
-pub struct Presence {
+/// Who is online, wherever that is kept.
+pub trait Presence: Send + Sync + 'static {
+    /// Counts one more connection of `client` in each of `streams`, until the guard is dropped
+    /// (then [`Presence::disconnect`] starts the client's grace period where it was the last).
+    fn connect(self: Arc<Self>, streams: &[StreamName], client: ClientId) -> PresenceGuard;
+
+    /// One connection of `client` in `streams` is gone; called by [`PresenceGuard`]'s drop.
+    fn disconnect(self: Arc<Self>, streams: &[StreamName], client: &ClientId);
+
+    /// Members of `stream`, by client id.
+    fn members(&self, stream: &StreamName) -> BoxFuture<'_, Result<PresenceInfo, EngineError>>;
+
+    /// How many clients are members of `stream`.
+    fn online(&self, stream: &StreamName) -> BoxFuture<'_, Result<usize, EngineError>>;
+
+    /// Every later join and leave of `streams`, merged. A watcher that falls far behind skips to
+    /// the newest (each change carries the current count, so the count is right again at once).
+    fn watch(self: Arc<Self>, streams: &[StreamName]) -> PresenceWatch;
+}
+
+/// The presence registry of one process.
+pub struct LocalPresence {
     grace: Duration,
     rooms: Mutex<HashMap<StreamName, Room>>,
     /// Numbers each pending leave, so a timer fires only for the absence it was started for.
     next_leave: AtomicU64,
 }
 
-impl Presence {
-    pub fn new(grace: Duration) -> Presence {
-        Presence {
+impl LocalPresence {
+    pub fn new(grace: Duration) -> LocalPresence {
+        LocalPresence {
             grace,
             rooms: Mutex::new(HashMap::new()),
             next_leave: AtomicU64::new(0),
@@ -167,12 +191,11 @@ impl Presence {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts one more connection of `client` in each of `streams`, until the guard is dropped.
-    pub fn connect(self: &Arc<Self>, streams: &[StreamName], client: ClientId) -> PresenceGuard {
+    fn join(&self, streams: &[StreamName], client: &ClientId) {
         let mut rooms = self.rooms();
         for stream in streams {
             let room = rooms.entry(stream.clone()).or_insert_with(Room::new);
-            match room.members.get_mut(&client) {
+            match room.members.get_mut(client) {
                 Some(member) => {
                     member.connections += 1;
                     member.leaving = None; // back within the grace period: no leave, no join
@@ -186,18 +209,13 @@ impl Presence {
                             leaving: None,
                         },
                     );
-                    room.tell(ChangeKind::Join, stream, &client);
+                    room.tell(ChangeKind::Join, stream, client);
                 }
             }
         }
-        PresenceGuard {
-            presence: self.clone(),
-            streams: streams.to_vec(),
-            client,
-        }
     }
 
-    fn disconnect(self: &Arc<Self>, streams: &[StreamName], client: &ClientId) {
+    fn leave(self: &Arc<Self>, streams: &[StreamName], client: &ClientId) {
         let timer = tokio::runtime::Handle::try_current().ok();
         let mut rooms = self.rooms();
         for stream in streams {
@@ -253,8 +271,7 @@ impl Presence {
         }
     }
 
-    /// Members of `stream`, by client id.
-    pub fn members(&self, stream: &StreamName) -> PresenceInfo {
+    fn members_now(&self, stream: &StreamName) -> PresenceInfo {
         let rooms = self.rooms();
         let clients: Vec<Member> = rooms.get(stream).map_or_else(Vec::new, |room| {
             room.members
@@ -273,22 +290,20 @@ impl Presence {
         }
     }
 
-    /// How many clients are members of `stream`.
-    pub fn online(&self, stream: &StreamName) -> usize {
+    fn online_now(&self, stream: &StreamName) -> usize {
         self.rooms()
             .get(stream)
             .map_or(0, |room| room.members.len())
     }
 
-    /// Receives every later join and leave of `streams`.
-    pub fn watch(self: &Arc<Self>, streams: &[StreamName]) -> PresenceWatch {
+    fn local_watch(self: &Arc<Self>, streams: &[StreamName]) -> LocalWatch {
         let mut rooms = self.rooms();
         let mut changes = SelectAll::new();
         for stream in streams {
             let room = rooms.entry(stream.clone()).or_insert_with(Room::new);
             changes.push(BroadcastStream::new(room.changes.subscribe()));
         }
-        PresenceWatch {
+        LocalWatch {
             presence: self.clone(),
             streams: streams.to_vec(),
             changes,
@@ -305,10 +320,39 @@ impl Presence {
     }
 }
 
+impl Presence for LocalPresence {
+    fn connect(self: Arc<Self>, streams: &[StreamName], client: ClientId) -> PresenceGuard {
+        self.join(streams, &client);
+        PresenceGuard {
+            presence: self,
+            streams: streams.to_vec(),
+            client,
+        }
+    }
+
+    fn disconnect(self: Arc<Self>, streams: &[StreamName], client: &ClientId) {
+        self.leave(streams, client);
+    }
+
+    fn members(&self, stream: &StreamName) -> BoxFuture<'_, Result<PresenceInfo, EngineError>> {
+        futures::future::ready(Ok(self.members_now(stream))).boxed()
+    }
+
+    fn online(&self, stream: &StreamName) -> BoxFuture<'_, Result<usize, EngineError>> {
+        futures::future::ready(Ok(self.online_now(stream))).boxed()
+    }
+
+    fn watch(self: Arc<Self>, streams: &[StreamName]) -> PresenceWatch {
+        PresenceWatch {
+            changes: self.local_watch(streams).boxed(),
+        }
+    }
+}
+
 /// One connection's membership; dropping it starts the client's grace period where this was
 /// its last connection.
 pub struct PresenceGuard {
-    presence: Arc<Presence>,
+    presence: Arc<dyn Presence>,
     streams: Vec<StreamName>,
     client: ClientId,
 }
@@ -321,31 +365,54 @@ impl PresenceGuard {
 
 impl Drop for PresenceGuard {
     fn drop(&mut self) {
-        self.presence.disconnect(&self.streams, &self.client);
+        self.presence
+            .clone()
+            .disconnect(&self.streams, &self.client);
     }
 }
 
 /// Joins and leaves of some streams, merged.
 pub struct PresenceWatch {
-    presence: Arc<Presence>,
+    changes: BoxStream<'static, PresenceChange>,
+}
+
+impl PresenceWatch {
+    pub fn new(changes: BoxStream<'static, PresenceChange>) -> PresenceWatch {
+        PresenceWatch { changes }
+    }
+
+    /// The next change; `None` once nothing more can come.
+    pub async fn next(&mut self) -> Option<PresenceChange> {
+        self.changes.next().await
+    }
+}
+
+/// The local watch: one broadcast receiver per stream. Dropping it lets rooms that nobody uses
+/// any more go.
+struct LocalWatch {
+    presence: Arc<LocalPresence>,
     streams: Vec<StreamName>,
     changes: SelectAll<BroadcastStream<PresenceChange>>,
 }
 
-impl PresenceWatch {
-    /// The next change. A watcher that fell more than a thousand changes behind skips to the
-    /// newest (each change carries the current count, so the count is right again at once).
-    pub async fn next(&mut self) -> Option<PresenceChange> {
+impl futures::Stream for LocalWatch {
+    type Item = PresenceChange;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<PresenceChange>> {
         loop {
-            match self.changes.next().await? {
-                Ok(change) => return Some(change),
-                Err(lagged) => tracing::debug!(%lagged, "presence watcher fell behind"),
+            match futures::ready!(self.changes.poll_next_unpin(cx)) {
+                Some(Ok(change)) => return std::task::Poll::Ready(Some(change)),
+                Some(Err(lagged)) => tracing::debug!(%lagged, "presence watcher fell behind"),
+                None => return std::task::Poll::Ready(None),
             }
         }
     }
 }
 
-impl Drop for PresenceWatch {
+impl Drop for LocalWatch {
     fn drop(&mut self) {
         self.changes = SelectAll::new(); // let go of the receivers before sweeping
         self.presence.sweep(&self.streams);
@@ -375,14 +442,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn several_connections_are_one_member_and_a_quick_return_is_no_leave() {
-        let presence = Arc::new(Presence::new(Duration::from_secs(5)));
+        let presence = Arc::new(LocalPresence::new(Duration::from_secs(5)));
         let room = s("room");
         let room = std::slice::from_ref(&room);
-        let mut watch = presence.watch(room);
-        let a1 = presence.connect(room, c("alice"));
-        let a2 = presence.connect(room, c("alice"));
-        let b = presence.connect(room, c("bob"));
-        let info = presence.members(&room[0]);
+        let mut watch = presence.clone().watch(room);
+        let a1 = presence.clone().connect(room, c("alice"));
+        let a2 = presence.clone().connect(room, c("alice"));
+        let b = presence.clone().connect(room, c("bob"));
+        let info = presence.members_now(&room[0]);
         assert_eq!(info.count, 2);
         assert_eq!(info.clients[0].connections, 2);
         let joins: Vec<(String, usize)> = [watch.next().await, watch.next().await]
@@ -394,13 +461,13 @@ mod tests {
         drop((a1, a2));
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(
-            presence.online(&room[0]),
+            presence.online_now(&room[0]),
             2,
             "alice is within her grace period"
         );
-        let again = presence.connect(room, c("alice"));
+        let again = presence.clone().connect(room, c("alice"));
         tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(presence.online(&room[0]), 2, "alice came back in time");
+        assert_eq!(presence.online_now(&room[0]), 2, "alice came back in time");
 
         drop((again, b));
         tokio::time::sleep(Duration::from_secs(6)).await;
@@ -411,7 +478,7 @@ mod tests {
         let mut who: Vec<String> = leaves.iter().map(|l| l.client.to_string()).collect();
         who.sort();
         assert_eq!(who, ["alice", "bob"]);
-        assert_eq!(presence.online(&room[0]), 0);
+        assert_eq!(presence.online_now(&room[0]), 0);
         drop(watch);
         assert!(presence.rooms().is_empty());
     }

@@ -13,9 +13,14 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         .and(warp::get())
         .and(auth::reader(api.clone()))
         .and(with_api(api))
-        .map(|stream: String, grant, api: Api| {
-            respond(readable_stream(&api, &stream, grant).map(|stream| {
-                warp::reply::json(&api.broker.presence().members(&stream)).into_response()
-            }))
+        .then(|stream: String, grant, api: Api| async move {
+            respond(
+                async {
+                    let stream = readable_stream(&api, &stream, grant)?;
+                    let members = api.broker.presence().members(&stream).await?;
+                    Ok(warp::reply::json(&members).into_response())
+                }
+                .await,
+            )
         })
 }

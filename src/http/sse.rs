@@ -179,8 +179,8 @@ async fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
     // Watch before joining, so a watcher sees its own join.
     let watch = request
         .presence
-        .then(|| presence.watch(subscription.streams()));
-    let member = client.map(|client| presence.connect(subscription.streams(), client));
+        .then(|| presence.clone().watch(subscription.streams()));
+    let member = client.map(|client| presence.clone().connect(subscription.streams(), client));
     let mut body = SseBody::new(&api, subscription, request.envelope, arrived.id);
     body.watch = watch;
     body.member = member;
