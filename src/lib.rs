@@ -31,6 +31,7 @@
 //!
 //! ## Embedding
 //! ```no_run
+//! use warp::Filter;
 //! use herald::broker::{Broker, BrokerOptions, StartAt, Delivery};
 //! use herald::broker::event::{NewEvent, StreamName};
 //! use herald::broker::presence::ClientId;
@@ -52,10 +53,11 @@
 //! assert!(matches!(sub.next().await, Some(Ok(Delivery::Closed(_)))));
 //! assert!(sub.next().await.is_none());
 //! // Any engine can be served: `Broker::on_engine(Arc<dyn Engine>, NodeOptions)`.
-//! // Serve the same broker over HTTP beside your own warp routes:
+//! // Serve the same broker over HTTP beside your own warp routes, with the layers the binary
+//! // gives them (client address, request ids, CORS); see examples/embedded.rs:
 //! let (api, _shutdown) = herald::http::Api::new(broker.clone(), Default::default());
-//! let routes = herald::http::routes(api);
-//! # let _ = routes;
+//! let herald_api = warp::path("herald").and(herald::http::embed(api));
+//! # let _ = herald_api;
 //! # Ok(()) }
 //! ```
 

@@ -246,3 +246,128 @@ async fn a_data_dir_in_use_is_refused_clearly_and_free_again_once_every_handle_i
     assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), [kept.id]);
     reopened.close().await;
 }
+
+/// herald's routes mounted under `/herald` in an app's own warp server, beside the app's routes:
+/// the layers the `herald` binary gives them still hold there — the client's address (the
+/// per-address cap), request ids, CORS for listed origins only, the body limit — and links carry
+/// the prefix.
+#[tokio::test]
+async fn routes_embedded_in_another_warp_server_keep_every_layer() {
+    use futures::StreamExt;
+    use herald::http::{embed, Api, HttpOptions};
+    use warp::Filter;
+
+    let broker = Broker::open(BrokerOptions::default()).unwrap();
+    let options = HttpOptions {
+        max_connections_per_ip: Some(1),
+        cors_origins: vec!["https://app.example".into()],
+        max_data_bytes: 64,
+        ..HttpOptions::default()
+    };
+    let (api, shutdown) = Api::new(broker.clone(), options);
+    let app = warp::path!("hello")
+        .map(|| "the app's own route")
+        .or(warp::path("herald").and(embed(api)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        warp::serve(app)
+            .incoming(listener)
+            .graceful(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    let client = reqwest::Client::new();
+
+    let hello = client.get(format!("{base}/hello")).send().await.unwrap();
+    assert_eq!(hello.text().await.unwrap(), "the app's own route");
+
+    // A subscriber, then a publish from an allowed origin.
+    let sse = client
+        .get(format!("{base}/herald/sse?stream=room"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    assert!(sse.headers().contains_key("x-request-id"));
+    let mut frames = sse.bytes_stream();
+    let published = client
+        .post(format!("{base}/herald/streams/room"))
+        .header("origin", "https://app.example")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201);
+    let headers = published.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(
+        headers["location"], "/herald/streams/room/events/1",
+        "the link carries the prefix"
+    );
+    let mut seen = String::new();
+    while !seen.contains("data: hi") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), frames.next())
+            .await
+            .expect("the event within 5 s")
+            .expect("the stream goes on")
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    // An unlisted origin learns nothing.
+    let other = client
+        .get(format!("{base}/herald/streams/room"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    assert!(!other
+        .headers()
+        .contains_key("access-control-allow-credentials"));
+
+    // The same address's second subscription is over its cap of one.
+    let second = client
+        .get(format!("{base}/herald/sse?stream=room"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 429, "the client's address reached herald");
+    assert!(second.headers().contains_key("retry-after"));
+
+    // Bodies over the limit are refused, and nothing is stored.
+    let big = client
+        .post(format!("{base}/herald/streams/room"))
+        .body("x".repeat(65))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let body: serde_json::Value = big.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("64"));
+    let info: serde_json::Value = client
+        .get(format!("{base}/herald/streams/room"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["length"], 1);
+
+    drop(frames);
+    shutdown.trigger();
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops")
+        .unwrap();
+}

@@ -47,6 +47,7 @@ pub async fn serve(
     let stopping = api.shutdown.clone();
     // Shared, not copied per connection: the routes are a tree of filters several KiB large,
     // and each connection (and its task) would otherwise hold its own copy.
+    // (`embed.rs` builds the same service for routes mounted in another server.)
     let service =
         std::sync::Arc::new(cors(&options.cors_origins).layer(warp::service(routes(api))));
     let graceful = GracefulShutdown::new();
@@ -70,7 +71,7 @@ pub async fn serve(
         let per_request = {
             let service = service.clone();
             service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                answer(&*service, peer, request)
+                answer(&*service, Some(peer), request)
             })
         };
         let watcher = graceful.watcher();
@@ -91,7 +92,7 @@ pub async fn serve(
                         options.max_header_bytes,
                         stopping,
                         |request| async {
-                            answer(&*service, peer, request)
+                            answer(&*service, Some(peer), request)
                                 .await
                                 .unwrap_or_else(|never| match never {})
                         },
@@ -160,9 +161,9 @@ pub async fn serve(
 // Boxed: hyper keeps room for this future for the connection's whole life, and unboxed it is
 // the size of every warp filter's future together (~12 KiB), which an idle SSE connection
 // would carry for nothing.
-fn answer<S, B, RB>(
+pub(super) fn answer<S, B, RB>(
     service: &S,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     mut request: hyper::Request<B>,
 ) -> Pin<Box<dyn Future<Output = Result<hyper::Response<RB>, Infallible>> + Send>>
 where
@@ -170,7 +171,9 @@ where
     S::Future: Send + 'static,
     RB: 'static,
 {
-    request.extensions_mut().insert(PeerAddr(peer));
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(PeerAddr(peer));
+    }
     let id = RequestId::of(&request);
     let span = tracing::info_span!(
         "request",

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 mod direct;
+mod embed;
 pub mod error;
 mod history;
 mod lifecycle;
@@ -33,6 +34,7 @@ use warp::Filter;
 use crate::broker::event::StreamName;
 use crate::broker::Broker;
 use auth::Access;
+pub use embed::embed;
 use error::ApiError;
 use limits::ConnectionLimits;
 
@@ -174,7 +176,10 @@ impl Api {
     }
 }
 
-/// All of herald's routes, with unknown paths answered as JSON errors.
+/// All of herald's routes, with unknown paths answered as JSON errors: the filters alone. The
+/// layers every request needs (the client's address, request ids, CORS) are added by herald's
+/// accept loop ([`listener::serve`]); to mount herald in another warp server, use [`embed`],
+/// which adds them there too.
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     publish::routes(api.clone())
         .or(sse::routes(api.clone()))
