@@ -5,7 +5,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use herald::broker::engine::local::{SledStore, Store};
-use herald::broker::event::{encode_frame, EventId, EventType, NewEvent, StreamName};
+use herald::broker::event::{EventId, EventType, NewEvent, StreamName};
+use herald::http::wire::encode_frame;
 
 fn events(n: usize, size: usize) -> Vec<NewEvent> {
     let stream = StreamName::new("bench").expect("valid name");

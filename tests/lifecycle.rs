@@ -319,3 +319,67 @@ async fn seals_deletes_and_settings_survive_restarts_clean_or_killed() {
     assert_eq!(status, 201);
     assert!(id_of(&body["id"]) > deleted_last);
 }
+
+/// `GET /streams` pages by name: `prefix`, `after`, `limit` (default and most 1,000), and a
+/// `Link: rel="next"` while more remain, which a client follows to the end.
+#[tokio::test]
+async fn the_stream_list_is_paged_by_prefix_with_a_link_to_the_next_page() {
+    let server = Server::start(&[]);
+    for name in ["room:c", "room:a", "other", "room:e", "room:b", "room:d"] {
+        publish(&server, name, "x").await;
+    }
+    let client = client();
+    let mut next = Some(format!("{}/streams?prefix=room:&limit=2", server.url));
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    while let Some(url) = next.take() {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        next = response.headers().get("link").map(|link| {
+            let link = link.to_str().unwrap();
+            assert!(link.ends_with(r#">; rel="next""#), "{link}");
+            let path = &link[1..link.find('>').unwrap()];
+            format!("{}{path}", server.url)
+        });
+        let page: Value = response.json().await.unwrap();
+        pages.push(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_owned())
+                .collect(),
+        );
+        assert!(pages.len() <= 3, "the links end");
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["room:a", "room:b"],
+            vec!["room:c", "room:d"],
+            vec!["room:e"]
+        ]
+    );
+    // Without parameters: everything, in name order, and no link.
+    let all = client
+        .get(format!("{}/streams", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(all.headers().get("link").is_none());
+    let all: Value = all.json().await.unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 6);
+    assert_eq!(all[0]["name"], "other");
+    // `after` alone starts past a name.
+    let (_, rest) = get_json(&server, "/streams?after=room:c").await;
+    let rest: Vec<&str> = rest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest, ["room:d", "room:e"]);
+    for bad in ["limit=0", "limit=1001", "limit=x", "after=a%2Fb"] {
+        let (status, body) = get_json(&server, &format!("/streams?{bad}")).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(body["error"].is_string(), "{bad}");
+    }
+}

@@ -1,14 +1,14 @@
-//! What an event is, and its bytes on the wire.
+//! What an event is: its id, its stream, its type and data.
 //!
 //! Names and types are validated once, when they enter herald, so everything downstream can trust
-//! them. An event's SSE frame is encoded at most once, lazily, and then shared as `Bytes` by every
-//! subscriber that receives the same `Arc<Event>`: fan-out never re-encodes or copies data.
+//! them. How an event looks on the wire is the HTTP layer's business (`http::wire`); an event only
+//! keeps room for each encoding, made at most once and then shared as `Bytes` by every subscriber
+//! that receives the same `Arc<Event>`: fan-out never re-encodes or copies data.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use serde::ser::{Serialize, SerializeStruct, Serializer};
+use bytes::Bytes;
 
 /// A position in the broker-wide sequence. Ids rise strictly across all streams and are never
 /// reused; `EventId(0)` is "before the first event".
@@ -83,12 +83,6 @@ impl fmt::Debug for StreamName {
     }
 }
 
-impl Serialize for StreamName {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
 /// A validated event type (the SSE `event:` field): 1–64 printable characters, no control
 /// characters, not starting with `:` or white space, so it can never end its line early or be
 /// read as a comment.
@@ -149,8 +143,16 @@ pub struct Event {
     pub data: String,
     /// The broker's publish time, in Unix milliseconds.
     pub time: u64,
-    frame: OnceLock<Bytes>,
-    envelope_frame: OnceLock<Bytes>,
+    encoded: [OnceLock<Bytes>; 2],
+}
+
+/// The encodings an event keeps room for (see [`Event::encoded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The event as served to a subscriber.
+    Plain = 0,
+    /// The event wrapped with its stream and time (`?envelope=1`).
+    Envelope = 1,
 }
 
 impl Event {
@@ -167,26 +169,15 @@ impl Event {
             kind,
             data,
             time,
-            frame: OnceLock::new(),
-            envelope_frame: OnceLock::new(),
+            encoded: [OnceLock::new(), OnceLock::new()],
         }
     }
 
-    /// The SSE frame: `id:`, `event:` if typed, one `data:` line per line of data, blank line.
-    pub fn sse_frame(&self) -> Bytes {
-        self.frame
-            .get_or_init(|| encode_frame(self.id, self.kind.as_ref(), &self.data))
-            .clone()
-    }
-
-    /// The SSE frame whose data is this event as a JSON object (`?envelope=1`).
-    pub fn sse_envelope_frame(&self) -> Bytes {
-        self.envelope_frame
-            .get_or_init(|| {
-                // Serializing a struct of strings and integers cannot fail.
-                let json = serde_json::to_string(self).unwrap_or_default();
-                encode_frame(self.id, self.kind.as_ref(), &json)
-            })
+    /// This event's bytes in `form`: made by `encode` the first time they are asked for, then
+    /// shared (a clone of `Bytes` is a reference count).
+    pub fn encoded(&self, form: Form, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.encoded[form as usize]
+            .get_or_init(|| encode(self))
             .clone()
     }
 }
@@ -203,78 +194,6 @@ impl fmt::Debug for Event {
     }
 }
 
-/// The JSON form used by the history API and by envelopes: ids as decimal strings (JavaScript
-/// numbers lose precision past 2^53), `event` null when untyped.
-impl Serialize for Event {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Event", 5)?;
-        st.serialize_field("id", &self.id.0.to_string())?;
-        st.serialize_field("stream", &self.stream)?;
-        st.serialize_field("event", &self.kind.as_ref().map(EventType::as_str))?;
-        st.serialize_field("data", &self.data)?;
-        st.serialize_field("time", &self.time)?;
-        st.end()
-    }
-}
-
-/// Encodes one SSE frame. Data is split on CRLF, LF and CR, exactly the line ends an SSE parser
-/// recognises, so no byte of data can end a field or a frame early: a publisher cannot forge a
-/// frame, an id or a field.
-pub fn encode_frame(id: EventId, kind: Option<&EventType>, data: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(data.len() + 32 + kind.map_or(0, |k| k.0.len() + 8));
-    // Writing into BytesMut cannot fail; formatting the id in place saves an allocation.
-    let _ = writeln!(buf, "id: {}", id.0);
-    if let Some(kind) = kind {
-        buf.put_slice(b"event: ");
-        buf.put_slice(kind.0.as_bytes());
-        buf.put_u8(b'\n');
-    }
-    for line in data_lines(data) {
-        buf.put_slice(b"data: ");
-        buf.put_slice(line.as_bytes());
-        buf.put_u8(b'\n');
-    }
-    buf.put_u8(b'\n');
-    buf.freeze()
-}
-
-/// Splits text into lines on CRLF, LF or CR. Unlike `str::lines`, a lone CR ends a line and a
-/// trailing line end yields a final empty line, so joining the result with LF gives back the text
-/// with its line ends normalised: what `EventSource` reassembles.
-pub fn data_lines(data: &str) -> impl Iterator<Item = &str> {
-    let bytes = data.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        while i < bytes.len() {
-            match bytes[i] {
-                b'\n' => {
-                    let line = &data[start..i];
-                    i += 1;
-                    start = i;
-                    return Some(line);
-                }
-                b'\r' => {
-                    let line = &data[start..i];
-                    i += 1;
-                    if bytes.get(i) == Some(&b'\n') {
-                        i += 1;
-                    }
-                    start = i;
-                    return Some(line);
-                }
-                _ => i += 1,
-            }
-        }
-        done = true;
-        Some(&data[start..])
-    })
-}
-
 /// The current time in Unix milliseconds.
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
@@ -286,31 +205,6 @@ pub fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lines(s: &str) -> Vec<&str> {
-        data_lines(s).collect()
-    }
-
-    #[test]
-    fn splits_on_every_line_ending_an_sse_parser_knows() {
-        assert_eq!(lines("a"), ["a"]);
-        assert_eq!(lines(""), [""]);
-        assert_eq!(lines("a\nb"), ["a", "b"]);
-        assert_eq!(lines("a\r\nb"), ["a", "b"]);
-        assert_eq!(lines("a\rb"), ["a", "b"]);
-        assert_eq!(lines("a\n"), ["a", ""]);
-        assert_eq!(lines("\r\n\r\n"), ["", "", ""]);
-        assert_eq!(lines("a\r\rb"), ["a", "", "b"]);
-    }
-
-    #[test]
-    fn a_frame_cannot_be_forged_from_data() {
-        let frame = encode_frame(EventId(7), None, "x\n\nid: 9\ndata: y");
-        assert_eq!(
-            &frame[..],
-            b"id: 7\ndata: x\ndata: \ndata: id: 9\ndata: data: y\n\n"
-        );
-    }
 
     #[test]
     fn names_and_types_are_validated() {
@@ -337,77 +231,7 @@ mod tests {
         assert_eq!(EventId::parse(""), None);
     }
 
-    /// Data as publishers send it: any text, with every kind of line end mixed in.
-    fn any_data() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
-        proptest::collection::vec(
-            prop_oneof![
-                any::<String>(),
-                Just("\n".to_owned()),
-                Just("\r".to_owned()),
-                Just("\r\n".to_owned()),
-                Just("data: ".to_owned()),
-                Just("id: 1".to_owned()),
-                Just(":".to_owned()),
-                Just(" ".to_owned()),
-            ],
-            0..12,
-        )
-        .prop_map(|parts| parts.concat())
-    }
-
-    /// Parses SSE bytes, delivered in two chunks split at `split`, with a real SSE parser.
-    fn parse(frame: &[u8], split: usize) -> Vec<eventsource_stream::Event> {
-        use eventsource_stream::Eventsource;
-        use futures::StreamExt;
-        let split = split.min(frame.len());
-        let chunks = vec![
-            Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(&frame[..split])),
-            Ok(Bytes::copy_from_slice(&frame[split..])),
-        ];
-        futures::executor::block_on(
-            futures::stream::iter(chunks)
-                .eventsource()
-                .map(|e| e.expect("the frame parses"))
-                .collect(),
-        )
-    }
-
     proptest::proptest! {
-        /// Any data, any valid type, any id: exactly one event comes out, with the data
-        /// published (line ends normalised to LF), the id and the type. Nothing forges more.
-        #[test]
-        fn fuzz_sse_frames_round_trip_through_a_real_parser(
-            data in any_data(),
-            kind in proptest::option::of("[^\\p{Cc}:\\s][^\\p{Cc}]{0,20}"),
-            id in proptest::prelude::any::<u64>(),
-            split in 0usize..4096,
-        ) {
-            let kind = kind.map(|k| EventType::new(&k).expect("the strategy makes valid types"));
-            let frame = encode_frame(EventId(id), kind.as_ref(), &data);
-            let events = parse(&frame, split);
-            proptest::prop_assert_eq!(events.len(), 1);
-            let normalised = data.replace("\r\n", "\n").replace('\r', "\n");
-            proptest::prop_assert_eq!(&events[0].data, &normalised);
-            proptest::prop_assert_eq!(&events[0].id, &id.to_string());
-            let expected_type = kind.as_ref().map_or("message", |k| k.as_str());
-            proptest::prop_assert_eq!(events[0].event.as_str(), expected_type);
-        }
-
-        /// With `envelope=1` the data is JSON that gives back the event exactly, raw line ends
-        /// included.
-        #[test]
-        fn fuzz_envelopes_carry_the_exact_event(data in any_data(), id in 0u64..u64::MAX) {
-            let stream = StreamName::new("s:1").expect("valid");
-            let event = Event::new(EventId(id), stream, None, data.clone(), 1);
-            let events = parse(&event.sse_envelope_frame(), usize::MAX);
-            proptest::prop_assert_eq!(events.len(), 1);
-            let json: serde_json::Value = serde_json::from_str(&events[0].data).expect("JSON");
-            proptest::prop_assert_eq!(json["data"].as_str(), Some(data.as_str()));
-            let id = id.to_string();
-            proptest::prop_assert_eq!(json["id"].as_str(), Some(id.as_str()));
-        }
-
         /// Every string either is a valid name or is refused; none panics, and a valid name
         /// holds only the allowed characters.
         #[test]

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use serde::Serialize;
 use tokio::sync::Notify;
 
 pub use self::engine::local::{Durability, Storage};
@@ -95,14 +94,13 @@ impl Default for NodeOptions {
     }
 }
 
-/// A stream as `GET /streams` shows it.
-#[derive(Debug, Clone, Serialize)]
+/// What one node knows of a stream: its counters from the engine, and its subscribers, rate and
+/// members here.
+#[derive(Debug, Clone)]
 pub struct StreamInfo {
     pub name: StreamName,
     pub length: u64,
-    #[serde(serialize_with = "opt_id")]
     pub first_id: Option<EventId>,
-    #[serde(serialize_with = "opt_id")]
     pub last_id: Option<EventId>,
     pub subscribers: usize,
     /// Events published to it since herald started (in memory; for rates).
@@ -121,13 +119,6 @@ pub struct RetentionInfo {
     pub own: StreamSettings,
     /// What is applied to it now.
     pub effective: Retention,
-}
-
-fn opt_id<S: serde::Serializer>(id: &Option<EventId>, s: S) -> Result<S::Ok, S::Error> {
-    match id {
-        Some(id) => s.serialize_str(&id.0.to_string()),
-        None => s.serialize_none(),
-    }
 }
 
 /// What the subscriptions, the tailer and the broker handles share.

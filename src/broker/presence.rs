@@ -19,7 +19,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
-use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -32,12 +31,6 @@ const WATCH_CAPACITY: usize = 1024;
 /// A validated presence client id: 1–128 characters, none of them control characters.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(Arc<str>);
-
-impl Serialize for ClientId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
 
 impl ClientId {
     pub const MAX_LEN: usize = 128;
@@ -75,17 +68,15 @@ impl fmt::Debug for ClientId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
     Join,
     Leave,
 }
 
 /// One join or leave, as watchers receive it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceChange {
-    #[serde(skip)]
     pub kind: ChangeKind,
     pub stream: StreamName,
     pub client: ClientId,
@@ -94,7 +85,7 @@ pub struct PresenceChange {
 }
 
 /// One member, as `GET /streams/{stream}/presence` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub client: ClientId,
     /// Open connections now; 0 while the client is within its grace period.
@@ -103,7 +94,7 @@ pub struct Member {
     pub since: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceInfo {
     pub stream: StreamName,
     pub count: usize,

@@ -23,7 +23,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures::Stream;
-use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::engine::{Engine, EngineError, StreamState};
@@ -60,25 +59,12 @@ pub struct Closed {
     pub deleted: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gap {
     pub stream: StreamName,
-    #[serde(serialize_with = "id_string")]
     pub requested_after: EventId,
     /// The oldest event still retained, or `None` when the stream holds none now.
-    #[serde(serialize_with = "opt_id_string")]
     pub oldest_available: Option<EventId>,
-}
-
-fn id_string<S: serde::Serializer>(id: &EventId, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&id.0.to_string())
-}
-
-fn opt_id_string<S: serde::Serializer>(id: &Option<EventId>, s: S) -> Result<S::Ok, S::Error> {
-    match id {
-        Some(id) => id_string(id, s),
-        None => s.serialize_none(),
-    }
 }
 
 pub struct Subscription {
@@ -181,7 +167,9 @@ impl Subscription {
                     self.check_lifecycle = true;
                     continue;
                 }
-                let page = async {
+                // Boxed, as below: a subscription lives for a connection's whole life, and the
+                // state of these reads would otherwise make every idle one larger.
+                let page = Box::pin(async {
                     let states = self.states().await?;
                     let page = read_page(
                         self.shared.engine.as_ref(),
@@ -191,7 +179,7 @@ impl Subscription {
                     )
                     .await?;
                     Ok::<_, BrokerError>((states, page))
-                };
+                });
                 match page.await {
                     Ok((states, (events, bound))) => {
                         self.note_gaps(&states);
@@ -205,7 +193,7 @@ impl Subscription {
                     Err(e) => return Some(Err(e)),
                 }
             } else if self.check_lifecycle {
-                match self.states().await {
+                match Box::pin(self.states()).await {
                     Ok(states) => self.note_lifecycle(&states),
                     Err(e) => return Some(Err(e)),
                 }

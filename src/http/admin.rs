@@ -20,7 +20,8 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use super::{with_api, Api};
+use super::api::Api;
+use super::request::with_api;
 use crate::broker::Broker;
 use crate::broker::StreamInfo;
 

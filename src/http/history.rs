@@ -1,13 +1,17 @@
-//! Reading without subscribing: `GET /streams`, `GET /streams/{stream}`,
+//! Reading without subscribing: `GET /streams` (paged), `GET /streams/{stream}`,
 //! `GET /streams/{stream}/events` and `GET /streams/{stream}/events/{id}`.
 
+use warp::http::{header, HeaderValue};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::api::Api;
 use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
-use super::{query_pairs, raw_query, readable_stream, with_api, Api};
-use crate::broker::event::{Event, EventId, StreamName};
+use super::request::{query_pairs, raw_query, readable_stream, with_api};
+use super::wire::{streams_json, EventJson, StreamJson};
+use crate::broker::engine::ListQuery;
+use crate::broker::event::{EventId, StreamName};
 
 /// Default and largest page of `GET /streams/{stream}/events`.
 const DEFAULT_LIMIT: usize = 100;
@@ -16,21 +20,14 @@ const MAX_LIMIT: usize = 1000;
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let list = warp::path!("streams")
         .and(warp::get())
+        .and(raw_query())
         .and(auth::reader(api.clone()))
         .and(with_api(api.clone()))
-        .then(|grant: Result<Grant, ApiError>, api: Api| async move {
-            respond(
-                async {
-                    let grant = grant?;
-                    // A private stream the caller may not read is not listed: its name is
-                    // private too.
-                    let mut streams = api.broker.all_streams().await?;
-                    streams.retain(|info| api.options.access.may_read(&grant, &info.name));
-                    Ok(warp::reply::json(&streams).into_response())
-                }
-                .await,
-            )
-        });
+        .then(
+            |query: String, grant: Result<Grant, ApiError>, api: Api| async move {
+                respond(list_streams(&api, grant, &query).await)
+            },
+        );
     let one = warp::path!("streams" / String)
         .and(warp::get())
         .and(auth::reader(api.clone()))
@@ -40,7 +37,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                 async {
                     let stream = readable_stream(&api, &stream, grant)?;
                     let info = api.broker.stream_info(&stream).await?;
-                    Ok(warp::reply::json(&info).into_response())
+                    Ok(warp::reply::json(&StreamJson::from(&info)).into_response())
                 }
                 .await,
             )
@@ -79,8 +76,64 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
 
 #[derive(serde::Serialize)]
 struct EventsPage<'a> {
-    events: &'a [Event],
+    events: Vec<EventJson<'a>>,
     next: String,
+}
+
+/// `GET /streams?prefix=&after=&limit=`: one page of names, and a `Link: rel="next"` while more
+/// remain. A private stream the caller may not read is not listed: its name is private too (the
+/// page may then hold fewer than `limit`; the link still goes on from where the page ended).
+async fn list_streams(
+    api: &Api,
+    grant: Result<Grant, ApiError>,
+    query: &str,
+) -> Result<Response, ApiError> {
+    let grant = grant?;
+    let mut page = ListQuery {
+        prefix: String::new(),
+        after: None,
+        limit: MAX_LIMIT,
+    };
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "prefix" => page.prefix = value,
+            "after" => page.after = Some(StreamName::new(&value)?),
+            "limit" => {
+                page.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be a number from 1 to {MAX_LIMIT}"
+                        ))
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let limit = page.limit;
+    // One more than asked: whether it comes says whether more remain.
+    page.limit += 1;
+    let mut streams = api.broker.streams(page.clone()).await?;
+    let more = streams.len() > limit;
+    streams.truncate(limit);
+    let next = streams.last().map(|info| info.name.clone());
+    streams.retain(|info| api.options.access.may_read(&grant, &info.name));
+    let mut response = warp::reply::json(&streams_json(&streams)).into_response();
+    if let (true, Some(last)) = (more, next) {
+        let mut link = form_urlencoded::Serializer::new(String::new());
+        if !page.prefix.is_empty() {
+            link.append_pair("prefix", &page.prefix);
+        }
+        link.append_pair("after", last.as_str());
+        link.append_pair("limit", &limit.to_string());
+        let link = format!("</streams?{}>; rel=\"next\"", link.finish());
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 /// Which page of a stream `GET /streams/{stream}/events` asked for.
@@ -140,7 +193,7 @@ async fn read_events(api: &Api, stream: StreamName, query: &str) -> Result<Respo
     // `next` is what to pass as `after` to continue: the last id returned, else where we began.
     let next = events.last().map_or(start, |e| e.id);
     let page = EventsPage {
-        events: &events,
+        events: events.iter().map(EventJson).collect(),
         next: next.to_string(),
     };
     Ok(warp::reply::json(&page).into_response())
@@ -151,7 +204,7 @@ async fn read_event(api: &Api, stream: StreamName, id: &str) -> Result<Response,
         ApiError::bad_request(format!("event id must be a decimal number, got {id:?}"))
     })?;
     match api.broker.get(&stream, id).await? {
-        Some(event) => Ok(warp::reply::json(&event).into_response()),
+        Some(event) => Ok(warp::reply::json(&EventJson(&event)).into_response()),
         None => Err(ApiError::not_found(format!(
             "stream {stream} holds no event {id} (never published there, or trimmed)"
         ))),

@@ -7,9 +7,10 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::api::Api;
 use super::auth;
 use super::error::{respond, ApiError};
-use super::{read_body, readable_stream, with_api, writable_stream, Api};
+use super::request::{read_body, readable_stream, with_api, writable_stream};
 use crate::broker::RetentionInfo;
 
 /// A retention body is a few numbers.
@@ -40,7 +41,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                     let stream = writable_stream(&api, &stream, grant)?;
                     api.broker.seal(&stream).await?;
                     let info = api.broker.stream_info(&stream).await?;
-                    Ok(warp::reply::json(&info).into_response())
+                    Ok(warp::reply::json(&super::wire::StreamJson::from(&info)).into_response())
                 }
                 .await,
             )

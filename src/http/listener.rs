@@ -32,7 +32,8 @@ use tracing::Instrument;
 use warp::http::{header, HeaderMap, HeaderValue, Method};
 
 use super::admin::HttpMetrics;
-use super::{direct, routes, Api, HttpOptions, PeerAddr};
+use super::api::{Api, HttpOptions, PeerAddr};
+use super::{direct, routes};
 
 /// Serves `api` on `listener` until `stop` resolves, then waits for open responses to end.
 /// With `tls`, every connection is HTTPS, and HTTP/2 when the client offers it (ALPN).

@@ -4,9 +4,10 @@
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::api::Api;
 use super::auth;
 use super::error::respond;
-use super::{readable_stream, with_api, Api};
+use super::request::{readable_stream, with_api};
 
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("streams" / String / "presence")
@@ -18,7 +19,10 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                 async {
                     let stream = readable_stream(&api, &stream, grant)?;
                     let members = api.broker.presence().members(&stream).await?;
-                    Ok(warp::reply::json(&members).into_response())
+                    Ok(
+                        warp::reply::json(&super::wire::PresenceJson::from(&members))
+                            .into_response(),
+                    )
                 }
                 .await,
             )

@@ -7,9 +7,10 @@ use warp::http::{header, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::api::Api;
 use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
-use super::{query_pairs, raw_query, read_body, stream_from_path, with_api, Api};
+use super::request::{query_pairs, raw_query, read_body, stream_from_path, with_api};
 use crate::broker::event::{EventType, NewEvent, StreamName};
 
 /// Slack above the data limit for the JSON around the data of a single publish.
@@ -170,7 +171,7 @@ where
     let location = format!("/streams/{}/events/{}", event.stream, event.id);
     let body = warp::reply::json(&serde_json::json!({
         "id": event.id.to_string(),
-        "stream": event.stream,
+        "stream": event.stream.as_str(),
     }));
     let reply = warp::reply::with_status(body, StatusCode::CREATED);
     Ok(warp::reply::with_header(reply, header::LOCATION, location).into_response())
@@ -227,7 +228,7 @@ where
         api.options
             .access
             .check_publish(&grant, &event.stream)
-            .map_err(at)?;
+            .map_err(|e| at(e.into()))?;
         events.push(event);
     }
     let published = api.broker.publish_batch(events).await?;

@@ -12,18 +12,18 @@ use tokio::sync::watch;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::api::Api;
 use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
 use super::limits::Slot;
-use super::sse::come_back_later;
-use super::{peer_addr, with_api, Api};
-use crate::broker::StreamInfo;
+use super::request::{peer_addr, with_api};
+use super::wire::{come_back_later, streams_json, StreamJson};
 
 /// How often `GET /stats/live` sends a snapshot.
 const EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Serialize)]
-struct Snapshot {
+#[derive(Serialize)]
+struct Snapshot<'a> {
     /// Seconds since herald started.
     uptime: f64,
     /// Open SSE connections (subscriptions and dashboards).
@@ -32,19 +32,22 @@ struct Snapshot {
     published: u64,
     /// Events written to subscribers since start-up.
     delivered: u64,
-    streams: Vec<StreamInfo>,
+    streams: Vec<StreamJson<'a>>,
 }
 
-async fn snapshot(api: &Api, grant: &Grant) -> Result<Snapshot, ApiError> {
+/// The dashboard's snapshot, as JSON.
+async fn snapshot(api: &Api, grant: &Grant) -> Result<serde_json::Value, ApiError> {
     let mut streams = api.broker.all_streams().await?;
     streams.retain(|info| api.options.access.may_read(grant, &info.name));
-    Ok(Snapshot {
+    let snapshot = Snapshot {
         uptime: api.started.elapsed().as_secs_f64(),
         connections: api.limits.open(),
         published: api.broker.published(),
         delivered: api.metrics.delivered.get(),
-        streams,
-    })
+        streams: streams_json(&streams),
+    };
+    // A struct of numbers and strings always serializes.
+    Ok(serde_json::to_value(&snapshot).unwrap_or_default())
 }
 
 pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
@@ -85,7 +88,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
 
 /// One snapshot frame: `event: stats`, the JSON on one `data:` line (compact JSON has no
 /// newline), no id (snapshots are not history).
-fn frame(snapshot: &Snapshot) -> Bytes {
+fn frame(snapshot: &serde_json::Value) -> Bytes {
     let json = serde_json::to_string(snapshot).unwrap_or_default();
     Bytes::from(format!("event: stats\ndata: {json}\n\n"))
 }

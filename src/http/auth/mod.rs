@@ -7,118 +7,68 @@
 //! cookie is sent by the browser on a cross-site form post, and a publish that a cookie could
 //! authorise would be a CSRF hole.
 //!
-//! Status codes follow the contract: 401 when credentials are missing or invalid (bad
-//! signature, expired, malformed), 403 when a valid token does not cover the stream.
+//! The policy ([`Access`]) answers with [`Denied`], which knows nothing of HTTP; the contract's
+//! status codes are given where it becomes the JSON error: 401 when credentials are missing or
+//! invalid (bad signature, expired, malformed), 403 when a valid token does not cover the stream.
+//!
+//! Here: the policy. `pattern.rs` (stream patterns), `claims.rs` (what a JWT grants),
+//! `credentials.rs` (where a token comes from), `filters.rs` (the warp side).
+
+mod claims;
+mod credentials;
+mod filters;
+mod pattern;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
-use warp::reply::Response;
-use warp::Filter;
+use warp::http::StatusCode;
 
+pub use self::claims::Claims;
+use self::claims::RawClaims;
+use self::credentials::bearer;
+pub use self::credentials::{Credentials, TOKEN_COOKIE};
+pub use self::filters::{challenge, publisher, reader};
+use self::pattern::any_matches;
+pub use self::pattern::StreamPattern;
 use super::error::ApiError;
-use super::{query_pairs, raw_query, with_api, Api};
-use crate::broker::event::{InvalidName, StreamName};
+use crate::broker::event::StreamName;
 use crate::broker::presence::ClientId;
 
-/// The cookie a browser's `EventSource` (with `withCredentials`) carries its token in.
-pub const TOKEN_COOKIE: &str = "herald_token";
+/// Why a request may not do what it asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No credentials where they are needed, or credentials that prove nothing.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials that do not cover what was asked.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> ApiError {
+        match denied {
+            Denied::Unauthenticated(message) => ApiError::new(StatusCode::UNAUTHORIZED, message),
+            Denied::Forbidden(message) => ApiError::new(StatusCode::FORBIDDEN, message),
+        }
+    }
+}
+
+fn unauthorized(message: impl Into<String>) -> Denied {
+    Denied::Unauthenticated(message.into())
+}
+
+fn forbidden(message: impl Into<String>) -> Denied {
+    Denied::Forbidden(message.into())
+}
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 10;
-
-/// A stream name, or a prefix ending in `*` (`chat:*`; `*` alone is every stream).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamPattern {
-    prefix: String,
-    wildcard: bool,
-}
-
-impl StreamPattern {
-    pub fn parse(pattern: &str) -> Result<StreamPattern, InvalidName> {
-        let (prefix, wildcard) = match pattern.strip_suffix('*') {
-            Some(prefix) => (prefix, true),
-            None => (pattern, false),
-        };
-        if !(wildcard && prefix.is_empty()) {
-            // The prefix must itself read as a stream name, so a typo is not a silent no-match.
-            StreamName::new(prefix).map_err(|e| {
-                InvalidName(format!(
-                    "pattern {pattern:?} is neither a stream name nor a name prefix ending in *: \
-                     {}",
-                    e.0
-                ))
-            })?;
-        }
-        Ok(StreamPattern {
-            prefix: prefix.to_owned(),
-            wildcard,
-        })
-    }
-
-    pub fn matches(&self, stream: &StreamName) -> bool {
-        if self.wildcard {
-            stream.as_str().starts_with(&self.prefix)
-        } else {
-            stream.as_str() == self.prefix
-        }
-    }
-}
-
-impl fmt::Display for StreamPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.prefix, if self.wildcard { "*" } else { "" })
-    }
-}
-
-fn any_matches(patterns: &[StreamPattern], stream: &StreamName) -> bool {
-    patterns.iter().any(|p| p.matches(stream))
-}
-
-/// The claims herald reads from a JWT. Unknown claims are ignored; `exp` and `nbf` are checked
-/// by the decoder when present.
-#[derive(Debug, Clone, Deserialize)]
-struct RawClaims {
-    #[serde(default)]
-    publish: Vec<String>,
-    #[serde(default)]
-    subscribe: Vec<String>,
-    sub: Option<String>,
-    exp: Option<u64>,
-}
-
-/// A verified token's rights.
-#[derive(Debug, Clone)]
-pub struct Claims {
-    publish: Vec<StreamPattern>,
-    subscribe: Vec<StreamPattern>,
-    /// The presence client id; `None` when the token has no `sub`.
-    sub: Option<String>,
-    expires: Option<SystemTime>,
-}
-
-impl From<RawClaims> for Claims {
-    fn from(raw: RawClaims) -> Claims {
-        // A pattern that cannot match any stream name grants nothing; it is dropped, not fatal.
-        let patterns = |list: Vec<String>| {
-            list.iter()
-                .filter_map(|p| StreamPattern::parse(p).ok())
-                .collect()
-        };
-        Claims {
-            publish: patterns(raw.publish),
-            subscribe: patterns(raw.subscribe),
-            sub: raw.sub,
-            expires: raw.exp.map(|secs| UNIX_EPOCH + Duration::from_secs(secs)),
-        }
-    }
-}
 
 /// What a request proved about its sender.
 #[derive(Debug, Clone)]
@@ -194,7 +144,7 @@ impl Access {
 
     /// The grant of a publisher, from its `Authorization` header (the only place a publisher's
     /// token may come from). On an open herald everyone is `Anonymous` and may publish.
-    pub fn publisher(&self, authorization: Option<&str>) -> Result<Grant, ApiError> {
+    pub fn publisher(&self, authorization: Option<&str>) -> Result<Grant, Denied> {
         if self.is_open() {
             return Ok(Grant::Anonymous);
         }
@@ -208,7 +158,7 @@ impl Access {
 
     /// Checks that a publisher's grant covers `stream`: for publishing, closing, deleting and
     /// setting its retention.
-    pub fn check_publish(&self, grant: &Grant, stream: &StreamName) -> Result<(), ApiError> {
+    pub fn check_publish(&self, grant: &Grant, stream: &StreamName) -> Result<(), Denied> {
         match grant {
             Grant::Token(claims) if !any_matches(&claims.publish, stream) => Err(forbidden(
                 format!("the token's publish claim does not cover stream {stream}"),
@@ -222,7 +172,7 @@ impl Access {
 
     /// The grant of a reader: from its `Authorization` header, else the `herald_token` cookie,
     /// else the `token` query parameter. No credentials is `Anonymous`; bad ones are a 401.
-    pub fn reader(&self, credentials: &Credentials) -> Result<Grant, ApiError> {
+    pub fn reader(&self, credentials: &Credentials) -> Result<Grant, Denied> {
         if self.is_open() {
             return Ok(Grant::Anonymous);
         }
@@ -241,7 +191,7 @@ impl Access {
 
     /// Checks that `grant` may read `stream`: public streams anyone may; a `--private` one needs
     /// the publish token or a subscribe claim that covers it.
-    pub fn check_read(&self, grant: &Grant, stream: &StreamName) -> Result<(), ApiError> {
+    pub fn check_read(&self, grant: &Grant, stream: &StreamName) -> Result<(), Denied> {
         if !any_matches(&self.private, stream) {
             return Ok(());
         }
@@ -269,7 +219,7 @@ impl Access {
         &self,
         grant: &Grant,
         client: Option<ClientId>,
-    ) -> Result<Option<ClientId>, ApiError> {
+    ) -> Result<Option<ClientId>, Denied> {
         if !self.uses_jwt() {
             return Ok(client);
         }
@@ -301,7 +251,7 @@ impl Access {
         }
     }
 
-    fn verify(&self, token: &str) -> Result<Grant, ApiError> {
+    fn verify(&self, token: &str) -> Result<Grant, Denied> {
         if let Some(expected) = &self.publish_token {
             if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
                 return Ok(Grant::Operator);
@@ -331,108 +281,25 @@ impl Access {
     }
 }
 
-/// A reader's possible tokens, as the request carried them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub authorization: Option<String>,
-    pub cookie: Option<String>,
-    pub query: Option<String>,
-}
-
-impl Credentials {
-    pub fn from_request(headers: &HeaderMap, query: &str) -> Credentials {
-        Credentials {
-            authorization: headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            // Over HTTP/2 a browser may split cookies over several headers.
-            cookie: headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(token_cookie),
-            query: query_pairs(query)
-                .into_iter()
-                .find(|(key, _)| key == "token")
-                .map(|(_, value)| value),
-        }
-    }
-}
-
-/// The value of the `herald_token` cookie in one `Cookie` header.
-fn token_cookie(header: &str) -> Option<String> {
-    header.split(';').find_map(|pair| {
-        let (name, value) = pair.trim().split_once('=')?;
-        (name == TOKEN_COOKIE).then(|| value.trim_matches('"').to_owned())
-    })
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer(header: &str) -> Result<&str, ApiError> {
-    match header.trim().split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(token.trim())
-        }
-        _ => Err(unauthorized(
-            "the Authorization header must be \"Bearer <token>\"",
-        )),
-    }
-}
-
-fn unauthorized(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, message)
-}
-
-fn forbidden(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, message)
-}
-
-/// Adds `WWW-Authenticate` to a 401, as RFC 6750 asks of a bearer-token server.
-pub fn challenge(mut response: Response) -> Response {
-    if response.status() == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"herald\""),
-        );
-    }
-    response
-}
-
-/// The reader's grant (or the 401 its bad credentials earn), for read routes.
-pub fn reader(
-    api: Api,
-) -> impl Filter<Extract = (Result<Grant, ApiError>,), Error = std::convert::Infallible> + Clone {
-    warp::header::headers_cloned()
-        .and(raw_query())
-        .and(with_api(api))
-        .map(|headers: HeaderMap, query: String, api: Api| {
-            api.options
-                .access
-                .reader(&Credentials::from_request(&headers, &query))
-        })
-}
-
-/// The publisher's grant (or the 401 its missing or bad token earns), for write routes.
-pub fn publisher(
-    api: Api,
-) -> impl Filter<Extract = (Result<Grant, ApiError>,), Error = std::convert::Infallible> + Clone {
-    warp::header::optional::<String>("authorization")
-        .or(warp::any().map(|| None))
-        .unify()
-        .and(with_api(api))
-        .map(|authorization: Option<String>, api: Api| {
-            api.options.access.publisher(authorization.as_deref())
-        })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::credentials::token_cookie;
     use super::*;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
+    use std::time::UNIX_EPOCH;
+    use warp::http::{header, HeaderMap, HeaderValue};
+
+    /// The status the JSON error of a denial carries.
+    trait Status {
+        fn status(self) -> StatusCode;
+    }
+
+    impl Status for &Denied {
+        fn status(self) -> StatusCode {
+            ApiError::from(self.clone()).status
+        }
+    }
 
     fn name(s: &str) -> StreamName {
         StreamName::new(s).unwrap()
@@ -489,7 +356,7 @@ mod tests {
                 .publisher(h)
                 .and_then(|g| access.check_publish(&g, &name("a")))
                 .map(|_| StatusCode::OK)
-                .unwrap_or_else(|e| e.status)
+                .unwrap_or_else(|e| e.status())
         };
         assert_eq!(status(Some("Bearer s3cret")), StatusCode::OK);
         assert_eq!(status(Some("bearer  s3cret ")), StatusCode::OK);
@@ -514,8 +381,8 @@ mod tests {
         let refused = access
             .check_publish(&publisher, &name("other"))
             .unwrap_err();
-        assert_eq!(refused.status, StatusCode::FORBIDDEN);
-        assert!(refused.message.contains("other"));
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(refused.to_string().contains("other"));
 
         let reader = |c: Credentials| access.reader(&c).unwrap();
         let by_cookie = reader(Credentials {
@@ -525,10 +392,10 @@ mod tests {
         assert!(access.check_read(&by_cookie, &name("user:42")).is_ok());
         assert!(access.check_read(&by_cookie, &name("public")).is_ok());
         let other = access.check_read(&by_cookie, &name("user:43")).unwrap_err();
-        assert_eq!(other.status, StatusCode::FORBIDDEN);
+        assert_eq!(other.status(), StatusCode::FORBIDDEN);
         let anonymous = reader(Credentials::default());
         let refused = access.check_read(&anonymous, &name("user:42")).unwrap_err();
-        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
         assert!(access.check_read(&anonymous, &name("public")).is_ok());
     }
 
@@ -546,8 +413,8 @@ mod tests {
         ];
         for (t, words) in cases {
             let e = access.publisher(Some(&format!("Bearer {t}"))).unwrap_err();
-            assert_eq!(e.status, StatusCode::UNAUTHORIZED, "{words}");
-            assert!(e.message.contains(words), "{} lacks {words}", e.message);
+            assert_eq!(e.status(), StatusCode::UNAUTHORIZED, "{words}");
+            assert!(e.to_string().contains(words), "{e} lacks {words}");
         }
         let hs512 = encode(
             &Header::new(Algorithm::HS512),
@@ -558,7 +425,7 @@ mod tests {
         let e = access
             .publisher(Some(&format!("Bearer {hs512}")))
             .unwrap_err();
-        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
     }
 
     #[test]
@@ -571,7 +438,7 @@ mod tests {
             query: Some(good),
         };
         assert_eq!(
-            access.reader(&credentials).unwrap_err().status,
+            access.reader(&credentials).unwrap_err().status(),
             StatusCode::UNAUTHORIZED
         );
     }
@@ -602,7 +469,7 @@ mod tests {
             access
                 .presence_id(grant, Some(id(client)))
                 .unwrap_err()
-                .status
+                .status()
         };
         assert_eq!(status(&alice, "mallory"), StatusCode::FORBIDDEN);
         assert_eq!(status(&Grant::Anonymous, "alice"), StatusCode::UNAUTHORIZED);
@@ -651,7 +518,7 @@ mod tests {
                 proptest::prop_assert!(matches!(grant, Grant::Anonymous));
             }
             if let Err(e) = access.publisher(authorization.as_deref()) {
-                proptest::prop_assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+                proptest::prop_assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
             } else {
                 proptest::prop_assert!(false, "a random header was accepted");
             }

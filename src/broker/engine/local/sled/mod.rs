@@ -4,37 +4,25 @@
 //! the runs then the counters, the counters caught up at the next opening if a crash fell
 //! between them. New ids are reserved durably before use.
 //!
-//! Keys:
-//! - `e` stream `\0` id(u64 BE) → a *run*: consecutive events of that stream from one append, up
-//!   to [`RUN_BYTES`] of them, keyed by the id of the run's **last** event. Stream names never
-//!   contain `\0`, so one stream's runs are one contiguous, id-ordered key range, and the run that
-//!   holds event `n` is the first key at or after `n`: a read from any id is one forward range.
-//!   Value: `[2][time u64 BE][count u32 BE]`, then per event `[id u64 BE][type len u16 BE][data
-//!   len u32 BE][type][data]`. Stores written before runs hold one event per key, as `[1][time
-//!   u64 BE][type len u16 BE][type][data]` keyed by its id; they are read as runs of one.
-//!   Why runs: sled's cost is per key (each insert is a tree operation and a log record; each key
-//!   read is a node lookup), so 100-byte events one per key capped batch publishing near 200k
-//!   events/s and a catch-up from disk near 500k/s (BENCHMARKS.md).
-//! - `m` stream → the stream's [`StreamStats`], so start-up never scans events.
-//! - `c` stream → the stream's [`StreamSettings`] (absent when they are the default).
-//! - `d` stream → a delete floor: the stream's events up to this id were deleted. Readers skip
-//!   them at once; [`Store::purge`] removes their bytes later in bounded steps, then the floor.
-//! - `s` → the id ceiling: ids up to it may have been handed out. Ids are reserved in blocks and
-//!   the ceiling is fsync'd *before* any id above the old one is used, so after a crash the next
-//!   id is above every id anyone may have seen, even when publishing without per-event fsync. A
-//!   clean close lowers the ceiling to the last id used, so restarts do not burn ids.
-//! - `k` → nothing: present only while the log is closed after a clean stop. Opening removes it;
-//!   opening without it (after a crash) first counts any runs stored past a stream's counters.
+//! Here: the store (open, append, read, trim, delete, purge) and crash recovery. `keys.rs` is the
+//! key layout and the small records' codecs, `runs.rs` the run records that hold events, and
+//! `durability.rs` what makes a flush survive a power cut.
 //!
-//! Durability: sled 0.34's `flush` writes its buffer and calls `sync_file_range` on Linux — the
-//! data reaches the disk, but not the file's size or block allocation, nor past the disk's write
-//! cache, so it survives `kill -9` and not a power cut. So every flush here is followed by an
-//! `fdatasync` of sled's log file, through a handle of our own (`fdatasync` applies to the file,
-//! whichever descriptor wrote it). sled's own periodic flusher (`--flush-interval`) already
-//! `fsync`s. sled also writes each node over a quarter of a segment to a file of its own, which
-//! it never syncs; so a flush here syncs those too, before the log (`Syncer`). What this cannot
-//! reach (docs/production.md, "What a 201 survives"): sled's compaction trusts
-//! `sync_file_range` when it decides what it may overwrite.
+//! Ids: `s` holds the id ceiling — ids up to it may have been handed out. Ids are reserved in
+//! blocks and the ceiling is fsync'd *before* any id above the old one is used, so after a crash
+//! the next id is above every id anyone may have seen, even when publishing without per-event
+//! fsync. A clean close lowers the ceiling to the last id used, so restarts do not burn ids. `k`
+//! is present only while the log is closed after a clean stop; opening without it (after a crash)
+//! first counts any runs stored past a stream's counters.
+//!
+//! Durability: every flush is sled's flush, then the blob files sled leaves unsynced, then an
+//! `fdatasync` of sled's log (`durability.rs`); sled's own periodic flusher (`--flush-interval`)
+//! already `fsync`s. What this cannot reach (docs/production.md, "What a 201 survives"): sled's
+//! compaction trusts `sync_file_range` when it decides what it may overwrite.
+
+mod durability;
+mod keys;
+mod runs;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -42,6 +30,13 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use sled::{Batch, Db};
+
+use self::durability::{Syncer, SLED_BLOB_DIR, SLED_CONF_FILE, SLED_LOG_FILE};
+use self::keys::{
+    decode_settings, decode_stats, encode_settings, encode_stats, event_key, keyed, load, read_u64,
+    runs_from,
+};
+use self::runs::{Run, RunWriter};
 
 use super::store::{by_name, Store, StoreError, TrimOutcome};
 use crate::broker::engine::{Retention, StreamSettings, StreamStats};
@@ -56,100 +51,12 @@ impl From<sled::Error> for StoreError {
 const SEQ_KEY: &[u8] = b"s";
 const CLEAN_KEY: &[u8] = b"k";
 const RESERVE: u64 = 1 << 20;
-const RECORD_VERSION: u8 = 1;
-/// An event record from before runs: one event, whose id is in the key.
-const SINGLE_EVENT: u8 = 1;
-/// A run record.
-const EVENT_RUN: u8 = 2;
-const RUN_HEADER: usize = 13;
-const EVENT_HEADER: usize = 14;
-/// Bytes of events one run holds at most; one larger event is a run of its own. sled splits a
-/// leaf node at 17 keys and writes any node whose serialised form passes a quarter of its 512 KiB
-/// segment to a separate blob file (one file per write), so runs stay small enough that a full
-/// node of them is far below that (17 × 4 KiB ≈ 70 KiB < 128 KiB), while still putting ~35
-/// 100-byte events behind each key.
-const RUN_BYTES: usize = 4096;
 
 pub struct SledStore {
     db: Db,
     /// What makes a flush durable (see the module docs).
     syncer: Syncer,
     state: Mutex<State>,
-}
-
-/// The file sled 0.34 keeps its log in, inside the database directory (its `Config::db_path`,
-/// which is private); the fsync test (`tests/fsync.rs`) sees the path in every `fdatasync`.
-const SLED_LOG_FILE: &str = "db";
-/// sled's settings file beside it.
-const SLED_CONF_FILE: &str = "conf";
-
-/// The directory, beside the log, where sled writes each tree node too large for its log (over a
-/// quarter of a segment: runs of events of about 8 KiB or more) as a file of its own, named by the
-/// node's log position, with `write_all` and no sync.
-const SLED_BLOB_DIR: &str = "blobs";
-
-/// Syncs what sled's flush leaves unsynced.
-struct Syncer {
-    /// sled's log file.
-    log: File,
-    blob_dir: std::path::PathBuf,
-    /// Blob files synced so far, with their length then. A blob is written while the node's log
-    /// record is reserved, so a flush returns only once the blobs its records point to are
-    /// whole; one still growing belongs to a later flush, and is synced again once it is.
-    synced_blobs: Mutex<HashMap<std::ffi::OsString, u64>>,
-}
-
-impl Syncer {
-    /// Makes everything written to `db` so far durable: sled's flush, then the blob files it
-    /// wrote (and their directory's entries), then an `fdatasync` of its log, so no synced
-    /// record points to a blob that is not.
-    fn flush(&self, db: &Db) -> Result<(), StoreError> {
-        db.flush()?;
-        self.sync_blobs().map_err(|source| StoreError::Io {
-            what: "syncing sled's blob files failed".into(),
-            source,
-        })?;
-        self.log.sync_data().map_err(|source| StoreError::Io {
-            what: "fdatasync of the log failed".into(),
-            source,
-        })
-    }
-
-    fn sync_blobs(&self) -> std::io::Result<()> {
-        // sled removes blobs it no longer needs, at any moment: a vanished one is fine.
-        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
-        let entries = match std::fs::read_dir(&self.blob_dir) {
-            Ok(entries) => entries,
-            Err(e) if gone(&e) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut synced = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut now = HashMap::with_capacity(synced.len());
-        let mut new_names = false;
-        for entry in entries {
-            let entry = entry?;
-            let len = match entry.metadata() {
-                Ok(meta) => meta.len(),
-                Err(e) if gone(&e) => continue,
-                Err(e) => return Err(e),
-            };
-            let name = entry.file_name();
-            if synced.get(&name) != Some(&len) {
-                match File::open(entry.path()).and_then(|f| f.sync_data()) {
-                    Ok(()) => {}
-                    Err(e) if gone(&e) => continue,
-                    Err(e) => return Err(e),
-                }
-                new_names |= !synced.contains_key(&name);
-            }
-            now.insert(name, len);
-        }
-        if new_names {
-            File::open(&self.blob_dir)?.sync_all()?;
-        }
-        *synced = now;
-        Ok(())
-    }
 }
 
 struct State {
@@ -611,11 +518,6 @@ impl Store for SledStore {
     }
 }
 
-/// The runs of `stream`, in id order, from the one holding `id` (the first key at or above it).
-fn runs_from(db: &Db, stream: &StreamName, id: EventId) -> sled::Iter {
-    db.range(event_key(stream, id)..=event_key(stream, EventId(u64::MAX)))
-}
-
 /// Adds to a stream's counters the runs stored after the last event they count: after a crash,
 /// what plain inserts stored before their counters (see `append_runs`). Normally finds nothing,
 /// in one lookup.
@@ -642,307 +544,10 @@ fn count_runs_past(
     Ok(())
 }
 
-fn event_prefix(stream: &StreamName) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.as_str().len() + 10);
-    key.push(b'e');
-    key.extend_from_slice(stream.as_str().as_bytes());
-    key.push(0);
-    key
-}
-
-fn event_key(stream: &StreamName, id: EventId) -> Vec<u8> {
-    let mut key = event_prefix(stream);
-    key.extend_from_slice(&id.0.to_be_bytes());
-    key
-}
-
-/// A per-stream key: one tag byte, then the name.
-fn keyed(tag: u8, stream: &StreamName) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.as_str().len() + 1);
-    key.push(tag);
-    key.extend_from_slice(stream.as_str().as_bytes());
-    key
-}
-
-/// Reads every per-stream value under one tag.
-fn load<T>(
-    db: &Db,
-    tag: u8,
-    decode: impl Fn(&[u8]) -> Result<T, StoreError>,
-) -> Result<HashMap<StreamName, T>, StoreError> {
-    let mut all = HashMap::new();
-    for item in db.scan_prefix([tag]) {
-        let (key, value) = item?;
-        let name = std::str::from_utf8(&key[1..])
-            .ok()
-            .and_then(|n| StreamName::new(n).ok())
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("stream name in a {:?} key", tag as char))
-            })?;
-        all.insert(name, decode(&value)?);
-    }
-    Ok(all)
-}
-
-fn id_from_key(key: &[u8]) -> Result<EventId, StoreError> {
-    key.len()
-        .checked_sub(8)
-        .and_then(|at| read_u64(key, at))
-        .map(EventId)
-        .ok_or_else(|| StoreError::Corrupt("short event key".into()))
-}
-
-fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
-    let slice = bytes.get(at..at.checked_add(8)?)?;
-    Some(u64::from_be_bytes(slice.try_into().ok()?))
-}
-
-/// Fills run records for one stream during an append (or a trim that keeps a run's tail).
-struct RunWriter {
-    time: u64,
-    value: Vec<u8>,
-    count: u32,
-    last: EventId,
-}
-
-impl RunWriter {
-    fn new(time: u64) -> RunWriter {
-        RunWriter {
-            time,
-            value: Vec::new(),
-            count: 0,
-            last: EventId::ZERO,
-        }
-    }
-
-    /// Adds an event. When it does not fit beside what the run already holds, the run so far is
-    /// finished first and returned (its last id and value) for the caller to store.
-    fn push(&mut self, id: EventId, kind: &[u8], data: &[u8]) -> Option<(EventId, Vec<u8>)> {
-        let size = EVENT_HEADER + kind.len() + data.len();
-        let full = if self.count > 0 && self.value.len() - RUN_HEADER + size > RUN_BYTES {
-            self.finish()
-        } else {
-            None
-        };
-        if self.count == 0 {
-            self.value.reserve(RUN_HEADER + size.max(RUN_BYTES));
-            self.value.push(EVENT_RUN);
-            self.value.extend_from_slice(&self.time.to_be_bytes());
-            self.value.extend_from_slice(&0u32.to_be_bytes()); // the count, set by `finish`
-        }
-        self.value.extend_from_slice(&id.0.to_be_bytes());
-        // An EventType is at most 64 characters, so at most 256 bytes: a u16 always holds it.
-        self.value
-            .extend_from_slice(&(kind.len() as u16).to_be_bytes());
-        // Data is bounded by the request body limit, far below 4 GiB.
-        self.value
-            .extend_from_slice(&(data.len() as u32).to_be_bytes());
-        self.value.extend_from_slice(kind);
-        self.value.extend_from_slice(data);
-        self.count += 1;
-        self.last = id;
-        full
-    }
-
-    /// The run's last id and value, or `None` when it holds nothing; the writer is empty after.
-    fn finish(&mut self) -> Option<(EventId, Vec<u8>)> {
-        if self.count == 0 {
-            return None;
-        }
-        self.value[9..RUN_HEADER].copy_from_slice(&self.count.to_be_bytes());
-        self.count = 0;
-        Some((self.last, std::mem::take(&mut self.value)))
-    }
-}
-
-/// The events of one record, read in place.
-struct Run<'a> {
-    time: u64,
-    /// For a pre-run record: its one event's id, not yet yielded.
-    single: Option<EventId>,
-    left: u32,
-    rest: &'a [u8],
-    stream: &'a StreamName,
-}
-
-/// One stored event, borrowed from its record.
-struct Stored<'a> {
-    id: EventId,
-    time: u64,
-    kind: &'a [u8],
-    data: &'a [u8],
-}
-
-impl<'a> Run<'a> {
-    fn parse(stream: &'a StreamName, key: &[u8], value: &'a [u8]) -> Result<Run<'a>, StoreError> {
-        let key_id = id_from_key(key)?;
-        let corrupt = || StoreError::Corrupt(format!("record {key_id} of stream {stream}"));
-        let time = read_u64(value, 1).ok_or_else(corrupt)?;
-        match value.first() {
-            Some(&SINGLE_EVENT) => Ok(Run {
-                time,
-                single: Some(key_id),
-                left: 1,
-                rest: &value[9..],
-                stream,
-            }),
-            Some(&EVENT_RUN) => {
-                let count = value
-                    .get(9..RUN_HEADER)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or_else(corrupt)?;
-                Ok(Run {
-                    time,
-                    single: None,
-                    left: count,
-                    rest: &value[RUN_HEADER..],
-                    stream,
-                })
-            }
-            _ => Err(corrupt()),
-        }
-    }
-
-    fn next_event(&mut self) -> Option<Stored<'a>> {
-        let rest = self.rest;
-        if let Some(id) = self.single.take() {
-            let kind_len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-            let kind = rest.get(2..2 + kind_len)?;
-            self.rest = &[];
-            return Some(Stored {
-                id,
-                time: self.time,
-                kind,
-                data: &rest[2 + kind_len..],
-            });
-        }
-        let id = read_u64(rest, 0)?;
-        let kind_len = u16::from_be_bytes(rest.get(8..10)?.try_into().ok()?) as usize;
-        let data_len = u32::from_be_bytes(rest.get(10..EVENT_HEADER)?.try_into().ok()?) as usize;
-        let kind_end = EVENT_HEADER + kind_len;
-        let data_end = kind_end.checked_add(data_len)?;
-        let stored = Stored {
-            id: EventId(id),
-            time: self.time,
-            kind: rest.get(EVENT_HEADER..kind_end)?,
-            data: rest.get(kind_end..data_end)?,
-        };
-        self.rest = &rest[data_end..];
-        Some(stored)
-    }
-}
-
-impl<'a> Iterator for Run<'a> {
-    type Item = Result<Stored<'a>, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        Some(self.next_event().ok_or_else(|| {
-            self.left = 0;
-            StoreError::Corrupt(format!("a record of stream {} is cut short", self.stream))
-        }))
-    }
-}
-
-impl Stored<'_> {
-    fn event(&self, stream: &StreamName) -> Result<Event, StoreError> {
-        let corrupt = || StoreError::Corrupt(format!("event {} of stream {stream}", self.id));
-        let kind = match self.kind {
-            [] => None,
-            bytes => Some(
-                std::str::from_utf8(bytes)
-                    .ok()
-                    .and_then(|k| EventType::new(k).ok())
-                    .ok_or_else(corrupt)?,
-            ),
-        };
-        let data = std::str::from_utf8(self.data).map_err(|_| corrupt())?;
-        Ok(Event::new(
-            self.id,
-            stream.clone(),
-            kind,
-            data.to_owned(),
-            self.time,
-        ))
-    }
-}
-
-fn encode_stats(stats: &StreamStats) -> [u8; 40] {
-    let mut out = [0u8; 40];
-    let fields = [
-        stats.length,
-        stats.first_id.0,
-        stats.last_id.0,
-        stats.first_time,
-        stats.trimmed_through.0,
-    ];
-    for (chunk, field) in out.chunks_exact_mut(8).zip(fields) {
-        chunk.copy_from_slice(&field.to_be_bytes());
-    }
-    out
-}
-
-fn decode_stats(bytes: &[u8]) -> Result<StreamStats, StoreError> {
-    let field = |i: usize| {
-        read_u64(bytes, i * 8).ok_or_else(|| StoreError::Corrupt("stream counters".into()))
-    };
-    Ok(StreamStats {
-        length: field(0)?,
-        first_id: EventId(field(1)?),
-        last_id: EventId(field(2)?),
-        first_time: field(3)?,
-        trimmed_through: EventId(field(4)?),
-    })
-}
-
-const SEALED: u8 = 1;
-const HAS_MAX_LEN: u8 = 2;
-const HAS_MAX_AGE: u8 = 4;
-
-/// `[version][flags][max_len u64][max_age_ms u64]`.
-fn encode_settings(settings: &StreamSettings) -> [u8; 18] {
-    let mut out = [0u8; 18];
-    out[0] = RECORD_VERSION;
-    let mut flags = 0;
-    if settings.sealed {
-        flags |= SEALED;
-    }
-    if let Some(n) = settings.max_len {
-        flags |= HAS_MAX_LEN;
-        out[2..10].copy_from_slice(&n.to_be_bytes());
-    }
-    if let Some(ms) = settings.max_age_ms {
-        flags |= HAS_MAX_AGE;
-        out[10..18].copy_from_slice(&ms.to_be_bytes());
-    }
-    out[1] = flags;
-    out
-}
-
-fn decode_settings(bytes: &[u8]) -> Result<StreamSettings, StoreError> {
-    let corrupt = || StoreError::Corrupt("stream settings".into());
-    if bytes.len() != 18 || bytes[0] != RECORD_VERSION {
-        return Err(corrupt());
-    }
-    let flags = bytes[1];
-    let field = |at: usize, flag: u8| -> Result<Option<u64>, StoreError> {
-        if flags & flag == 0 {
-            return Ok(None);
-        }
-        read_u64(bytes, at).map(Some).ok_or_else(corrupt)
-    };
-    Ok(StreamSettings {
-        sealed: flags & SEALED != 0,
-        max_len: field(2, HAS_MAX_LEN)?,
-        max_age_ms: field(10, HAS_MAX_AGE)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::keys::event_prefix;
+    use super::runs::RUN_BYTES;
     use super::*;
     use crate::broker::engine::local::store::{new, open_sled};
 
