@@ -19,8 +19,13 @@ use crate::http::{listener, Api};
 pub enum ServeError {
     #[error("{0}")]
     Refused(String),
+    #[error("cannot create the data directory {dir}: {source}")]
+    DataDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open the event store: {0}")]
-    Store(String),
+    Store(#[source] crate::broker::BrokerError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -44,8 +49,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         )));
     }
     if let Storage::Disk { dir, .. } = &config.broker.storage {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ServeError::Store(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
+            dir: dir.clone(),
+            source,
+        })?;
     }
     let tls = match &config.tls {
         Some((cert, key)) => {
@@ -54,8 +61,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         None => None,
     };
     raise_file_limit();
-    let broker =
-        Broker::open(config.broker.clone()).map_err(|e| ServeError::Store(e.to_string()))?;
+    let broker = Broker::open(config.broker.clone()).map_err(ServeError::Store)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {

@@ -371,3 +371,119 @@ async fn routes_embedded_in_another_warp_server_keep_every_layer() {
         .expect("the server stops")
         .unwrap();
 }
+
+/// An engine of the app's own: here one that wraps the local engine and counts what passes
+/// through. `Broker::on_engine` serves it like any other, and everything a subscriber sees comes
+/// from that engine's tail.
+#[tokio::test]
+async fn a_broker_serves_an_engine_the_app_passes_in() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures::future::BoxFuture;
+    use herald::broker::engine::local::{LocalEngine, LocalOptions};
+    use herald::broker::engine::{
+        Change, Engine, EngineFuture, ListQuery, Position, Retention, StreamSettings, StreamState,
+        Tail,
+    };
+    use herald::broker::event::Event;
+    use herald::broker::NodeOptions;
+
+    struct Counting {
+        inner: LocalEngine,
+        appends: AtomicUsize,
+        tails: AtomicUsize,
+    }
+
+    impl Engine for Counting {
+        fn append(&self, events: Vec<NewEvent>) -> EngineFuture<'_, Vec<Arc<Event>>> {
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            self.inner.append(events)
+        }
+        fn change(&self, stream: &StreamName, change: Change) -> EngineFuture<'_, StreamSettings> {
+            self.inner.change(stream, change)
+        }
+        fn read(
+            &self,
+            stream: &StreamName,
+            after: EventId,
+            upto: EventId,
+            limit: usize,
+        ) -> EngineFuture<'_, Vec<Event>> {
+            self.inner.read(stream, after, upto, limit)
+        }
+        fn read_last(
+            &self,
+            stream: &StreamName,
+            upto: EventId,
+            n: usize,
+        ) -> EngineFuture<'_, Vec<Event>> {
+            self.inner.read_last(stream, upto, n)
+        }
+        fn get(&self, stream: &StreamName, id: EventId) -> EngineFuture<'_, Option<Event>> {
+            self.inner.get(stream, id)
+        }
+        fn stream(&self, stream: &StreamName) -> EngineFuture<'_, StreamState> {
+            self.inner.stream(stream)
+        }
+        fn list(&self, query: ListQuery) -> EngineFuture<'_, Vec<(StreamName, StreamState)>> {
+            self.inner.list(query)
+        }
+        fn head(&self) -> EngineFuture<'_, Position> {
+            self.inner.head()
+        }
+        fn tail(&self, from: Position) -> Tail {
+            self.tails.fetch_add(1, Ordering::SeqCst);
+            self.inner.tail(from)
+        }
+        fn retention(&self) -> Retention {
+            self.inner.retention()
+        }
+        fn is_writable(&self) -> bool {
+            self.inner.is_writable()
+        }
+        fn size_on_disk(&self) -> u64 {
+            self.inner.size_on_disk()
+        }
+        fn close(&self) -> BoxFuture<'_, ()> {
+            self.inner.close()
+        }
+    }
+
+    let engine = Arc::new(Counting {
+        inner: LocalEngine::open(LocalOptions {
+            storage: Storage::Memory,
+            durability: herald::broker::Durability::Fsync,
+            retention: Retention::default(),
+            trim_every: Duration::from_secs(1),
+        })
+        .unwrap(),
+        appends: AtomicUsize::new(0),
+        tails: AtomicUsize::new(0),
+    });
+    let broker = Broker::on_engine(engine.clone(), NodeOptions::default())
+        .await
+        .unwrap();
+    let room = StreamName::new("room").unwrap();
+    let mut sub = broker.subscribe(vec![room.clone()], StartAt::Live);
+    let published = broker.publish(event(&room, "hello")).await.unwrap();
+    match next(&mut sub).await {
+        Some(Delivery::Event(e)) => assert_eq!((e.id, e.data.as_str()), (published.id, "hello")),
+        other => panic!("expected the event, got {other:?}"),
+    }
+    assert_eq!(engine.appends.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        engine.tails.load(Ordering::SeqCst),
+        1,
+        "the node's one tailer"
+    );
+    assert_eq!(
+        broker
+            .read_after(&room, EventId(0), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    broker.close().await;
+}
