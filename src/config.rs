@@ -26,6 +26,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at start-up: the size of the serve flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
@@ -105,6 +107,12 @@ pub struct ServeArgs {
     /// reload is not a leave and a join (0: leave at once).
     #[arg(long, env = "HERALD_PRESENCE_GRACE", default_value = "5", value_parser = parse_seconds_or_zero)]
     pub presence_grace: Duration,
+
+    /// Seconds a publish request's `Idempotency-Key` is remembered: a retry with the same key
+    /// within it stores nothing and gets the first answer. At least 600 (10 minutes). Keys are
+    /// kept in the store, so they outlive a restart.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_WINDOW", default_value = "600", value_parser = parse_idempotency_window)]
+    pub idempotency_window: Duration,
 
     /// Drop a connection whose peer has acknowledged nothing for this many seconds (a vanished
     /// client, a half-open connection; also a subscriber that stopped reading altogether). Sets
@@ -260,6 +268,7 @@ impl ServeArgs {
                 channel_capacity: self.channel_capacity.max(1),
                 trim_every: Duration::from_secs(1),
                 presence_grace: self.presence_grace,
+                idempotency_window: self.idempotency_window,
             },
             http: HttpOptions {
                 max_data_bytes: self.max_data,
@@ -353,6 +362,17 @@ fn cors_origins(origins: &[String]) -> Result<Vec<String>, String> {
         }
     }
     Ok(origins)
+}
+
+fn parse_idempotency_window(text: &str) -> Result<Duration, String> {
+    let window = parse_seconds(text)?;
+    if window < crate::broker::engine::local::IDEMPOTENCY_WINDOW {
+        return Err(format!(
+            "{text:?} is too short: publishers retry for minutes, so keys are kept at least 600 \
+             seconds"
+        ));
+    }
+    Ok(window)
 }
 
 fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
@@ -464,6 +484,7 @@ mod tests {
         assert!(Cli::try_parse_from(["herald", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["herald", "serve", "--max-len", "-1"]).is_err());
         assert!(Cli::try_parse_from(["herald", "--presence-grace", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["herald", "--idempotency-window", "60"]).is_err());
         assert!(Cli::try_parse_from(["herald", "--peer-timeout", "never"]).is_err());
     }
 }

@@ -383,8 +383,8 @@ async fn a_broker_serves_an_engine_the_app_passes_in() {
     use futures::future::BoxFuture;
     use herald::broker::engine::local::{LocalEngine, LocalOptions};
     use herald::broker::engine::{
-        Change, Engine, EngineFuture, ListQuery, Position, Retention, StreamSettings, StreamState,
-        Tail,
+        Appended, Change, Engine, EngineFuture, IdempotencyKey, ListQuery, Position, Retention,
+        StreamSettings, StreamState, Tail,
     };
     use herald::broker::event::Event;
     use herald::broker::NodeOptions;
@@ -396,9 +396,13 @@ async fn a_broker_serves_an_engine_the_app_passes_in() {
     }
 
     impl Engine for Counting {
-        fn append(&self, events: Vec<NewEvent>) -> EngineFuture<'_, Vec<Arc<Event>>> {
+        fn append(
+            &self,
+            events: Vec<NewEvent>,
+            key: Option<IdempotencyKey>,
+        ) -> EngineFuture<'_, Appended> {
             self.appends.fetch_add(1, Ordering::SeqCst);
-            self.inner.append(events)
+            self.inner.append(events, key)
         }
         fn change(&self, stream: &StreamName, change: Change) -> EngineFuture<'_, StreamSettings> {
             self.inner.change(stream, change)
@@ -456,6 +460,7 @@ async fn a_broker_serves_an_engine_the_app_passes_in() {
             durability: herald::broker::Durability::Fsync,
             retention: Retention::default(),
             trim_every: Duration::from_secs(1),
+            idempotency_window: herald::broker::engine::local::IDEMPOTENCY_WINDOW,
         })
         .unwrap(),
         appends: AtomicUsize::new(0),

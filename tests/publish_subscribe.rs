@@ -339,3 +339,99 @@ async fn streams_of_names_with_colons_work_in_paths_and_queries() {
     let next = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
     assert!(next.is_err(), "nothing else arrives");
 }
+
+/// `Idempotency-Key` makes a retry safe: a repeat within the window (a publisher that timed out,
+/// got a 503, lost its connection) stores nothing and gets the first answer, with
+/// `Idempotent-Replayed: true` — for single events and batches, and across a `kill -9`.
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_stores_nothing_even_after_kill_9() {
+    let mut server = Server::start(&[]);
+    let client = client();
+    let post = |url: String, key: &'static str, body: &'static str| {
+        client
+            .post(url)
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let first = post(
+        server.at("/streams/orders"),
+        "order-42",
+        r#"{"data":"paid"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let location = first.headers()["location"].clone();
+    let first: Value = first.json().await.unwrap();
+
+    let again = post(
+        server.at("/streams/orders"),
+        "order-42",
+        r#"{"data":"paid"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["location"], location);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+
+    let batch = r#"[{"stream":"orders","data":"a"},{"stream":"invoices","data":"b"}]"#;
+    let stored: Value = post(server.at("/publish"), "batch-7", batch)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["ids"].as_array().unwrap().len(), 2);
+    let (_, orders) = get_json(&server, "/streams/orders").await;
+    assert_eq!(orders["length"], 2);
+
+    // kill -9: the keys were committed with their events.
+    server.kill9();
+    server.restart();
+    let replayed = post(server.at("/publish"), "batch-7", batch).await.unwrap();
+    assert_eq!(replayed.status(), 201);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed.json::<Value>().await.unwrap(), stored);
+    let single = post(
+        server.at("/streams/orders"),
+        "order-42",
+        r#"{"data":"paid"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(single.json::<Value>().await.unwrap(), first);
+    let (_, orders) = get_json(&server, "/streams/orders").await;
+    assert_eq!(orders["length"], 2, "nothing stored twice");
+
+    // Another key is another request; a bad key is refused and stores nothing.
+    let other = post(
+        server.at("/streams/orders"),
+        "order-43",
+        r#"{"data":"paid"}"#,
+    )
+    .await
+    .unwrap();
+    assert!(other.headers().get("idempotent-replayed").is_none());
+    for bad in [String::new(), "x".repeat(201), "a\tb".into()] {
+        let response = client
+            .post(server.at("/streams/orders"))
+            .header("idempotency-key", bad.clone())
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = status_of(response).await;
+        assert_eq!(status, 400, "{bad:?}");
+        assert!(
+            body["error"].as_str().unwrap().contains("Idempotency-Key"),
+            "{body}"
+        );
+    }
+    let (_, orders) = get_json(&server, "/streams/orders").await;
+    assert_eq!(orders["length"], 3);
+}

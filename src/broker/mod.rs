@@ -22,7 +22,9 @@ use tokio::sync::Notify;
 
 pub use self::engine::local::{Durability, Storage};
 use self::engine::local::{LocalEngine, LocalOptions};
-use self::engine::{Change, Engine, ListQuery, Position, StreamSettings, StreamState};
+use self::engine::{
+    Appended, Change, Engine, IdempotencyKey, ListQuery, Position, StreamSettings, StreamState,
+};
 pub use self::engine::{EngineError as BrokerError, Retention};
 use self::event::{Event, EventId, NewEvent, StreamName};
 use self::fanout::{topic, Fanout};
@@ -41,6 +43,8 @@ pub struct BrokerOptions {
     pub trim_every: Duration,
     /// How long a presence client stays a member after its last connection went.
     pub presence_grace: Duration,
+    /// How long an idempotency key's answer is kept.
+    pub idempotency_window: Duration,
 }
 
 impl Default for BrokerOptions {
@@ -55,6 +59,7 @@ impl Default for BrokerOptions {
             channel_capacity: 256,
             trim_every: Duration::from_secs(1),
             presence_grace: Duration::from_secs(5),
+            idempotency_window: engine::local::IDEMPOTENCY_WINDOW,
         }
     }
 }
@@ -67,6 +72,7 @@ impl BrokerOptions {
             durability: self.durability,
             retention: self.retention,
             trim_every: self.trim_every,
+            idempotency_window: self.idempotency_window,
         }
     }
 
@@ -248,11 +254,28 @@ impl Broker {
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Arc<Event>>, BrokerError> {
-        let events = self.shared.engine.append(events).await?;
-        if let Some(last) = events.last() {
-            self.shared.visible_through(last.id).await;
+        match self.publish_once(events, None).await? {
+            Appended::Stored(events) => Ok(events),
+            // Only a request with a key can be a repeat.
+            Appended::Repeated(_) => Err(BrokerError::store(std::io::Error::other(
+                "the engine answered a request without an idempotency key as a repeat",
+            ))),
         }
-        Ok(events)
+    }
+
+    /// Publishes events in order, all or nothing, once per `key`: a repeat of a key within the
+    /// engine's idempotency window stores nothing and answers where the first request's events
+    /// went. Resolves once they are visible here.
+    pub async fn publish_once(
+        &self,
+        events: Vec<NewEvent>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Appended, BrokerError> {
+        let appended = self.shared.engine.append(events, key).await?;
+        if let Some(last) = appended.last_id() {
+            self.shared.visible_through(last).await;
+        }
+        Ok(appended)
     }
 
     /// Seals a stream: later publishes are refused with [`BrokerError::Sealed`], and every

@@ -3,7 +3,7 @@
 //! and sends nothing.
 
 use serde_json::{Map, Value};
-use warp::http::{header, StatusCode};
+use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
@@ -11,6 +11,7 @@ use super::api::Api;
 use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
 use super::request::{query_pairs, raw_query, read_body, stream_from_path, with_api};
+use crate::broker::engine::{Appended, IdempotencyKey};
 use crate::broker::event::{EventType, NewEvent, StreamName};
 
 /// Slack above the data limit for the JSON around the data of a single publish.
@@ -23,16 +24,18 @@ pub fn routes(
         .and(warp::post())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
+        .and(idempotency_key())
         .and(raw_query())
         .and(auth::publisher(api.clone()))
         .and(warp::body::stream())
         .and(with_api(api.clone()))
         .then(
-            |stream: String, ctype, length, query: String, grant, body, api: Api| async move {
+            |stream: String, ctype, length, key, query: String, grant, body, api: Api| async move {
                 let request = PublishRequest {
                     stream,
                     content_type: ctype,
                     length,
+                    key,
                     query,
                     grant,
                 };
@@ -44,12 +47,19 @@ pub fn routes(
         .and(warp::post())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
+        .and(idempotency_key())
         .and(auth::publisher(api.clone()))
         .and(warp::body::stream())
         .and(with_api(api))
-        .then(|ctype, length, grant, body, api: Api| async move {
+        .then(|ctype, length, key, grant, body, api: Api| async move {
             let timer = PublishTimer::start(&api);
-            respond(timer.stop(publish_batch(api, ctype, length, grant, body).await))
+            let request = BatchRequest {
+                content_type: ctype,
+                length,
+                key,
+                grant,
+            };
+            respond(timer.stop(publish_batch(api, request, body).await))
         });
     one.or(batch).unify()
 }
@@ -122,8 +132,48 @@ struct PublishRequest {
     stream: String,
     content_type: Option<String>,
     length: Option<u64>,
+    key: Option<HeaderValue>,
     query: String,
     grant: Result<Grant, ApiError>,
+}
+
+struct BatchRequest {
+    content_type: Option<String>,
+    length: Option<u64>,
+    key: Option<HeaderValue>,
+    grant: Result<Grant, ApiError>,
+}
+
+/// The `Idempotency-Key` header's bytes, as sent.
+fn idempotency_key(
+) -> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
+    warp::header::value("idempotency-key")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// A checked `Idempotency-Key`: 1–200 printable characters (UTF-8).
+fn checked_key(key: Option<HeaderValue>) -> Result<Option<IdempotencyKey>, ApiError> {
+    key.map(|key| {
+        let text = std::str::from_utf8(key.as_bytes())
+            .map_err(|_| ApiError::bad_request("Idempotency-Key is not valid UTF-8"))?;
+        IdempotencyKey::new(text)
+            .map_err(|e| ApiError::bad_request(format!("Idempotency-Key: {e}")))
+    })
+    .transpose()
+}
+
+/// A `201` with `body`; a repeat of a key says so (`Idempotent-Replayed: true`).
+fn created(body: serde_json::Value, repeated: bool) -> warp::reply::Response {
+    let mut response =
+        warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response();
+    if repeated {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
 }
 
 async fn publish_one<S, B>(api: Api, request: PublishRequest, body: S) -> Result<Response, ApiError>
@@ -135,11 +185,13 @@ where
         stream,
         content_type,
         length,
+        key,
         query,
         grant,
     } = request;
     // Credentials first: an unauthorised body is never read.
     let grant = grant?;
+    let key = checked_key(key)?;
     let stream = stream_from_path(&stream)?;
     api.options.access.check_publish(&grant, &stream)?;
     let max_data = api.options.max_data_bytes;
@@ -167,28 +219,40 @@ where
             event_from_json(&object, Some(stream), max_data, query_event)?
         }
     };
-    let event = api.broker.publish(event).await?;
-    let location = format!("/streams/{}/events/{}", event.stream, event.id);
-    let body = warp::reply::json(&serde_json::json!({
-        "id": event.id.to_string(),
-        "stream": event.stream.as_str(),
-    }));
-    let reply = warp::reply::with_status(body, StatusCode::CREATED);
-    Ok(warp::reply::with_header(reply, header::LOCATION, location).into_response())
+    let appended = api.broker.publish_once(vec![event], key).await?;
+    let repeated = matches!(appended, Appended::Repeated(_));
+    let receipts = appended.receipts();
+    // A repeat of a batch's key on this route answers with the batch's first event.
+    let Some(first) = receipts.first() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the store answered a publish with no event",
+        ));
+    };
+    let location = format!("/streams/{}/events/{}", first.stream, first.id);
+    let mut response = created(
+        serde_json::json!({ "id": first.id.to_string(), "stream": first.stream.as_str() }),
+        repeated,
+    );
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }
 
-async fn publish_batch<S, B>(
-    api: Api,
-    content_type: Option<String>,
-    length: Option<u64>,
-    grant: Result<Grant, ApiError>,
-    body: S,
-) -> Result<Response, ApiError>
+async fn publish_batch<S, B>(api: Api, request: BatchRequest, body: S) -> Result<Response, ApiError>
 where
     S: futures::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
 {
+    let BatchRequest {
+        content_type,
+        length,
+        key,
+        grant,
+    } = request;
     let grant = grant?;
+    let key = checked_key(key)?;
     if body_kind(content_type.as_deref())? != BodyKind::Json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -231,10 +295,14 @@ where
             .map_err(|e| at(e.into()))?;
         events.push(event);
     }
-    let published = api.broker.publish_batch(events).await?;
-    let ids: Vec<String> = published.iter().map(|e| e.id.to_string()).collect();
-    let body = warp::reply::json(&serde_json::json!({ "ids": ids }));
-    Ok(warp::reply::with_status(body, StatusCode::CREATED).into_response())
+    let appended = api.broker.publish_once(events, key).await?;
+    let repeated = matches!(appended, Appended::Repeated(_));
+    let ids: Vec<String> = appended
+        .receipts()
+        .iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    Ok(created(serde_json::json!({ "ids": ids }), repeated))
 }
 
 fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {

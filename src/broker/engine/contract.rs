@@ -8,7 +8,8 @@
 //! reused; a request is all or nothing; a sealed stream takes nothing more, and a seal racing
 //! appends falls at one exact point of the order; a delete empties a stream whose name then
 //! lives again with new ids; retention trims oldest first and says how far; reads by stream
-//! (after an id, the last n, by id) and the paged listing agree with what was appended; the tail
+//! (after an id, the last n, by id) and the paged listing agree with what was appended; a request
+//! repeated with its idempotency key stores nothing and gets the first answer; the tail
 //! gives every committed record in order from any position it still holds; and, for an engine
 //! that keeps its log, all of it survives a restart.
 
@@ -18,7 +19,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::{Change, Committed, Engine, EngineError, ListQuery, Position, Record, StreamSettings};
+use super::{
+    Appended, Change, Committed, Engine, EngineError, IdempotencyKey, ListQuery, Position, Receipt,
+    Record, StreamSettings,
+};
 use crate::broker::event::{Event, EventId, NewEvent, StreamName};
 
 /// How long the suite waits for a record to reach a tail, or retention to trim, at most.
@@ -45,6 +49,7 @@ where
     let start = engine.head().await.expect("head");
     ids_rise_strictly_and_reads_agree(engine.as_ref()).await;
     batches_are_all_or_nothing(engine.as_ref()).await;
+    a_repeated_key_stores_nothing_and_answers_as_the_first_time(engine.as_ref()).await;
     seals_fall_at_one_point_of_the_order(engine.as_ref()).await;
     deletes_empty_a_stream_whose_name_lives_again(engine.as_ref()).await;
     retention_trims_oldest_first_and_says_how_far(engine.as_ref(), subject.trim_every).await;
@@ -74,7 +79,18 @@ fn ids<E: std::borrow::Borrow<Event>>(events: &[E]) -> Vec<u64> {
 }
 
 async fn append(engine: &dyn Engine, events: Vec<NewEvent>) -> Vec<Arc<Event>> {
-    engine.append(events).await.expect("append")
+    stored(engine.append(events, None).await.expect("append"))
+}
+
+fn stored(appended: Appended) -> Vec<Arc<Event>> {
+    match appended {
+        Appended::Stored(events) => events,
+        Appended::Repeated(r) => panic!("a new request was answered as a repeat: {r:?}"),
+    }
+}
+
+fn key(k: &str) -> Option<IdempotencyKey> {
+    Some(IdempotencyKey::new(k).expect("a valid key"))
 }
 
 async fn read_all(engine: &dyn Engine, stream: &str) -> Vec<Event> {
@@ -200,11 +216,10 @@ async fn batches_are_all_or_nothing(engine: &dyn Engine) {
     engine.change(&closed, Change::Seal).await.expect("seal");
     let open_before = engine.stream(&name("b:open")).await.expect("stream");
     let refused = engine
-        .append(vec![
-            new("b:open", "x"),
-            new("b:closed", "y"),
-            new("b:open", "z"),
-        ])
+        .append(
+            vec![new("b:open", "x"), new("b:closed", "y"), new("b:open", "z")],
+            None,
+        )
         .await;
     assert!(
         matches!(&refused, Err(EngineError::Sealed(s)) if *s == closed),
@@ -220,10 +235,72 @@ async fn batches_are_all_or_nothing(engine: &dyn Engine) {
     assert_eq!(batch.len(), 2, "a batch of open streams is stored whole");
 }
 
+async fn a_repeated_key_stores_nothing_and_answers_as_the_first_time(engine: &dyn Engine) {
+    let first = stored(
+        engine
+            .append(vec![new("k:a", "1"), new("k:b", "2")], key("batch-1"))
+            .await
+            .expect("append"),
+    );
+    let receipts: Vec<Receipt> = first
+        .iter()
+        .map(|e| Receipt {
+            id: e.id,
+            stream: e.stream.clone(),
+        })
+        .collect();
+    let before = engine.head().await.expect("head");
+    // The same key again — a retry, even with other events — stores nothing.
+    for events in [
+        vec![new("k:a", "1"), new("k:b", "2")],
+        vec![new("k:c", "something else")],
+    ] {
+        match engine.append(events, key("batch-1")).await.expect("append") {
+            Appended::Repeated(again) => assert_eq!(again, receipts, "the first answer"),
+            Appended::Stored(e) => panic!("a repeat was stored again: {e:?}"),
+        }
+    }
+    assert_eq!(
+        engine.head().await.expect("head"),
+        before,
+        "nothing committed"
+    );
+    assert_eq!(read_all(engine, "k:a").await.len(), 1);
+    assert!(engine
+        .stream(&name("k:c"))
+        .await
+        .expect("stream")
+        .stats
+        .is_none());
+    // Another key, and no key, are new requests.
+    let other = stored(
+        engine
+            .append(vec![new("k:a", "3")], key("batch-2"))
+            .await
+            .expect("append"),
+    );
+    assert!(other[0].id > first[1].id);
+    // Repeats racing their first request: exactly one is stored, every answer names it.
+    let racing = (0..8).map(|_| engine.append(vec![new("k:race", "x")], key("racing")));
+    let answers = futures::future::join_all(racing).await;
+    let mut stored_once = 0;
+    let mut named = Vec::new();
+    for answer in answers {
+        let answer = answer.expect("append");
+        if matches!(answer, Appended::Stored(_)) {
+            stored_once += 1;
+        }
+        named.push(answer.receipts());
+    }
+    assert_eq!(stored_once, 1, "one of the racing requests stores");
+    assert!(named.windows(2).all(|w| w[0] == w[1]), "{named:?}");
+    assert_eq!(read_all(engine, "k:race").await.len(), 1);
+}
+
 async fn seals_fall_at_one_point_of_the_order(engine: &dyn Engine) {
     let race = name("s:race");
     let from = engine.head().await.expect("head");
-    let appends = (0..40).map(|i| engine.append(vec![new("s:race", &i.to_string())]));
+    let appends = (0..40).map(|i| engine.append(vec![new("s:race", &i.to_string())], None));
     let seal = engine.change(&race, Change::Seal);
     let (answers, sealed) = futures::future::join(futures::future::join_all(appends), seal).await;
     let settings = sealed.expect("seal");
@@ -231,7 +308,7 @@ async fn seals_fall_at_one_point_of_the_order(engine: &dyn Engine) {
     let mut stored = Vec::new();
     for answer in answers {
         match answer {
-            Ok(events) => stored.extend(ids(&events)),
+            Ok(appended) => stored.extend(ids(&self::stored(appended))),
             Err(EngineError::Sealed(s)) => assert_eq!(s, race),
             Err(e) => panic!("an append racing a seal failed otherwise: {e}"),
         }
@@ -255,7 +332,7 @@ async fn seals_fall_at_one_point_of_the_order(engine: &dyn Engine) {
         .map(|e| e.id.0)
         .collect();
     assert_eq!(told, stored, "every stored event is told before the seal");
-    let late = engine.append(vec![new("s:race", "late")]).await;
+    let late = engine.append(vec![new("s:race", "late")], None).await;
     assert!(matches!(late, Err(EngineError::Sealed(_))));
     // Sealing again changes nothing and is no error.
     assert!(
@@ -510,7 +587,7 @@ where
         .await
         .expect("list");
     engine.close().await;
-    let closed = engine.append(vec![new("z:kept", "c")]).await;
+    let closed = engine.append(vec![new("z:kept", "c")], None).await;
     assert!(
         matches!(closed, Err(EngineError::ShuttingDown)),
         "a closed engine takes nothing: {closed:?}"
@@ -552,5 +629,13 @@ where
         next[0].id > before[1].id,
         "ids are never reused after a restart"
     );
+    match engine
+        .append(vec![new("k:a", "1"), new("k:b", "2")], key("batch-1"))
+        .await
+        .expect("append")
+    {
+        Appended::Repeated(receipts) => assert_eq!(receipts.len(), 2),
+        Appended::Stored(e) => panic!("a key answered before the restart was stored again: {e:?}"),
+    }
     engine.close().await;
 }

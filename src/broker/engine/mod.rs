@@ -24,7 +24,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::event::{Event, EventId, NewEvent, StreamName};
+use super::event::{Event, EventId, InvalidName, NewEvent, StreamName};
 
 /// An answer that an engine may take its time to give.
 pub type EngineFuture<'a, T> = BoxFuture<'a, Result<T, EngineError>>;
@@ -75,6 +75,81 @@ impl Position {
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.id, self.seq)
+    }
+}
+
+/// A publisher's name for one publish request, so a retry of it (after a timeout, a 503, a
+/// dropped connection) stores nothing twice: 1–200 printable characters.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdempotencyKey(Arc<str>);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 200;
+
+    pub fn new(key: &str) -> Result<IdempotencyKey, InvalidName> {
+        let chars = key.chars().count();
+        if chars == 0 || chars > Self::MAX_LEN {
+            return Err(InvalidName(format!(
+                "an idempotency key must be 1 to {} characters long, got {chars}",
+                Self::MAX_LEN
+            )));
+        }
+        if key.chars().any(char::is_control) {
+            return Err(InvalidName(
+                "an idempotency key must not contain control characters".into(),
+            ));
+        }
+        Ok(IdempotencyKey(Arc::from(key)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Where one event of an answer went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: EventId,
+    pub stream: StreamName,
+}
+
+/// The answer to an append.
+#[derive(Debug, Clone)]
+pub enum Appended {
+    /// The events, committed now.
+    Stored(Vec<Arc<Event>>),
+    /// A repeat of an idempotency key within its window: nothing was stored; this is where the
+    /// first request's events went.
+    Repeated(Vec<Receipt>),
+}
+
+impl Appended {
+    /// Where each event of the answer went, in order.
+    pub fn receipts(&self) -> Vec<Receipt> {
+        match self {
+            Appended::Stored(events) => events
+                .iter()
+                .map(|e| Receipt {
+                    id: e.id,
+                    stream: e.stream.clone(),
+                })
+                .collect(),
+            Appended::Repeated(receipts) => receipts.clone(),
+        }
+    }
+
+    pub fn last_id(&self) -> Option<EventId> {
+        match self {
+            Appended::Stored(events) => events.last().map(|e| e.id),
+            Appended::Repeated(receipts) => receipts.last().map(|r| r.id),
+        }
     }
 }
 
@@ -218,8 +293,17 @@ pub trait Engine: Send + Sync + 'static {
     /// Appends one request's events, in order and all or nothing, with consecutive ids above
     /// every id ever handed out. Refused whole with [`EngineError::Sealed`] if any of its
     /// streams is sealed. Resolves once the events are committed (durable as the engine
-    /// promises), before or after they reach the tail.
-    fn append(&self, events: Vec<NewEvent>) -> EngineFuture<'_, Vec<Arc<Event>>>;
+    /// promises) and on the tail (a head read after the answer is at or past them).
+    ///
+    /// With a `key`: a request with the same key committed within the engine's idempotency
+    /// window makes this one a repeat — nothing is stored, and the answer is
+    /// [`Appended::Repeated`] with where the first one's events went. The key is committed with
+    /// the events, so a repeat is recognised after a crash or a restart too.
+    fn append(
+        &self,
+        events: Vec<NewEvent>,
+        key: Option<IdempotencyKey>,
+    ) -> EngineFuture<'_, Appended>;
 
     /// Seals, deletes or sets the retention of a stream, committed at this point of the tail's
     /// order; answers the stream's settings after the change.

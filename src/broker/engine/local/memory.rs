@@ -1,11 +1,13 @@
 //! The log in memory (`--memory`): same contract as the sled log, nothing survives a restart.
 //! Useful for tests, demos and deployments where history only needs to outlive a reconnect.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::store::{by_name, Store, StoreError, TrimOutcome};
-use crate::broker::engine::{Retention, StreamSettings, StreamStats};
+use super::store::{
+    by_name, flatten, keyed_answers, Answered, Request, Store, StoreError, TrimOutcome,
+};
+use crate::broker::engine::{IdempotencyKey, Retention, StreamSettings, StreamStats};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 #[derive(Default)]
@@ -18,6 +20,9 @@ struct Inner {
     last: u64,
     streams: HashMap<StreamName, Stream>,
     settings: HashMap<StreamName, StreamSettings>,
+    /// Idempotency keys and their answers, and the same keys by time, oldest first.
+    answered: HashMap<IdempotencyKey, Answered>,
+    answered_by_time: BTreeSet<(u64, IdempotencyKey)>,
 }
 
 #[derive(Default)]
@@ -57,9 +62,9 @@ fn to_event(stream: &StreamName, id: u64, record: &Record) -> Event {
     )
 }
 
-impl Store for MemoryStore {
-    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
-        let mut inner = self.write_lock();
+impl Inner {
+    fn append(&mut self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
+        let inner = self;
         inner
             .last
             .checked_add(events.len() as u64)
@@ -84,6 +89,49 @@ impl Store for MemoryStore {
             stream.events.insert(id, record);
         }
         Ok(appended)
+    }
+}
+
+impl Store for MemoryStore {
+    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
+        self.write_lock().append(events, time)
+    }
+
+    fn append_group(&self, requests: Vec<Request>, time: u64) -> Result<Vec<Event>, StoreError> {
+        let (events, shape) = flatten(requests);
+        let mut inner = self.write_lock();
+        let appended = inner.append(events, time)?;
+        for (key, receipts) in keyed_answers(&shape, &appended) {
+            if let Some(old) = inner
+                .answered
+                .insert(key.clone(), Answered { time, receipts })
+            {
+                inner.answered_by_time.remove(&(old.time, key.clone()));
+            }
+            inner.answered_by_time.insert((time, key));
+        }
+        Ok(appended)
+    }
+
+    fn answered(&self, key: &IdempotencyKey) -> Result<Option<Answered>, StoreError> {
+        Ok(self.read_lock().answered.get(key).cloned())
+    }
+
+    fn forget_keys(&self, before: u64, budget: usize) -> Result<bool, StoreError> {
+        let mut inner = self.write_lock();
+        for _ in 0..budget {
+            match inner.answered_by_time.first() {
+                Some((time, _)) if *time < before => {}
+                _ => return Ok(false),
+            }
+            if let Some((_, key)) = inner.answered_by_time.pop_first() {
+                inner.answered.remove(&key);
+            }
+        }
+        Ok(inner
+            .answered_by_time
+            .first()
+            .is_some_and(|(time, _)| *time < before))
     }
 
     fn sync(&self) -> Result<(), StoreError> {

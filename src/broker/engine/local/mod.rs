@@ -27,8 +27,8 @@ use self::tail::{Positions, TailHub};
 pub use self::writer::Durability;
 use self::writer::{Command, Inbox, Writer};
 use super::{
-    Change, Engine, EngineError, EngineFuture, ListQuery, Position, Retention, StreamSettings,
-    StreamState, Tail,
+    Appended, Change, Engine, EngineError, EngineFuture, IdempotencyKey, ListQuery, Position,
+    Retention, StreamSettings, StreamState, Tail,
 };
 use crate::broker::event::{Event, EventId, NewEvent, StreamName};
 
@@ -50,7 +50,13 @@ pub struct LocalOptions {
     pub retention: Retention,
     /// How often retention is checked.
     pub trim_every: Duration,
+    /// How long an idempotency key's answer is kept (a repeat within it stores nothing); keys
+    /// are kept in the store, so they outlive a restart.
+    pub idempotency_window: Duration,
 }
+
+/// The idempotency window unless told otherwise: the contract asks for at least 10 minutes.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
 
 pub struct LocalEngine {
     store: Arc<dyn Store>,
@@ -94,6 +100,7 @@ impl LocalEngine {
             commands: receiver,
             positions: Positions::new(head),
             sync_seconds: sync_seconds.clone(),
+            idempotency_window: options.idempotency_window,
         };
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())
@@ -140,10 +147,14 @@ impl LocalEngine {
 }
 
 impl Engine for LocalEngine {
-    fn append(&self, events: Vec<NewEvent>) -> EngineFuture<'_, Vec<Arc<Event>>> {
+    fn append(
+        &self,
+        events: Vec<NewEvent>,
+        key: Option<IdempotencyKey>,
+    ) -> EngineFuture<'_, Appended> {
         async move {
             self.inbox
-                .publish(events)
+                .publish(events, key)
                 .await
                 .ok_or(EngineError::ShuttingDown)?
         }
@@ -272,6 +283,7 @@ mod tests {
             durability: Durability::Fsync,
             retention: Retention::default(),
             trim_every: TRIM_EVERY,
+            idempotency_window: IDEMPOTENCY_WINDOW,
         }
     }
 
@@ -313,5 +325,55 @@ mod tests {
             trim_every: TRIM_EVERY,
         })
         .await;
+    }
+
+    /// A key is remembered for its window and then forgotten (by the trim step, from both
+    /// stores): a repeat after that is a new request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotency_keys_are_forgotten_after_their_window() {
+        let dir = tempfile::tempdir().unwrap();
+        for storage in [
+            Storage::Memory,
+            Storage::Disk {
+                dir: dir.path().to_path_buf(),
+                cache_bytes: 16 << 20,
+            },
+        ] {
+            let engine = LocalEngine::open(LocalOptions {
+                idempotency_window: Duration::from_millis(200),
+                ..options(storage)
+            })
+            .unwrap();
+            let key = || Some(IdempotencyKey::new("k").unwrap());
+            let event = || {
+                vec![NewEvent {
+                    stream: StreamName::new("s").unwrap(),
+                    kind: None,
+                    data: "x".into(),
+                }]
+            };
+            let first = engine.append(event(), key()).await.unwrap();
+            assert!(matches!(first, Appended::Stored(_)));
+            let again = engine.append(event(), key()).await.unwrap();
+            assert!(matches!(again, Appended::Repeated(_)));
+            // Past the window the key no longer counts, and the trim step forgets it.
+            let mut forgotten = false;
+            for _ in 0..100 {
+                tokio::time::sleep(TRIM_EVERY).await;
+                if engine
+                    .store
+                    .answered(&IdempotencyKey::new("k").unwrap())
+                    .unwrap()
+                    .is_none()
+                {
+                    forgotten = true;
+                    break;
+                }
+            }
+            assert!(forgotten, "the key was never forgotten");
+            let later = engine.append(event(), key()).await.unwrap();
+            assert!(matches!(later, Appended::Stored(_)), "{later:?}");
+            engine.close().await;
+        }
     }
 }

@@ -8,7 +8,7 @@
 pub use super::memory::MemoryStore;
 pub use super::sled::SledStore;
 
-use crate::broker::engine::{Retention, StreamSettings, StreamStats};
+use crate::broker::engine::{IdempotencyKey, Receipt, Retention, StreamSettings, StreamStats};
 use crate::broker::event::{Event, EventId, NewEvent, StreamName};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,58 @@ impl TrimPlan {
     }
 }
 
+/// One publish request of a group.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub events: Vec<NewEvent>,
+    pub key: Option<IdempotencyKey>,
+}
+
+/// What a keyed request was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    /// When (Unix milliseconds).
+    pub time: u64,
+    pub receipts: Vec<Receipt>,
+}
+
+/// A group's events, in order, and each request's size and key: how the stores take a group.
+pub(crate) fn flatten(
+    requests: Vec<Request>,
+) -> (Vec<NewEvent>, Vec<(usize, Option<IdempotencyKey>)>) {
+    let mut shape = Vec::with_capacity(requests.len());
+    let mut events = Vec::with_capacity(requests.iter().map(|r| r.events.len()).sum());
+    for request in requests {
+        shape.push((request.events.len(), request.key));
+        events.extend(request.events);
+    }
+    (events, shape)
+}
+
+/// The keyed requests of a group and where their events went, for the stores to keep.
+pub(crate) fn keyed_answers(
+    shape: &[(usize, Option<IdempotencyKey>)],
+    appended: &[Event],
+) -> Vec<(IdempotencyKey, Vec<Receipt>)> {
+    let mut answers = Vec::new();
+    let mut rest = appended;
+    for (size, key) in shape {
+        let (mine, tail) = rest.split_at((*size).min(rest.len()));
+        rest = tail;
+        if let Some(key) = key {
+            let receipts = mine
+                .iter()
+                .map(|e| Receipt {
+                    id: e.id,
+                    stream: e.stream.clone(),
+                })
+                .collect();
+            answers.push((key.clone(), receipts));
+        }
+    }
+    answers
+}
+
 /// What one call to [`Store::trim`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrimOutcome {
@@ -86,16 +138,17 @@ pub trait Store: Send + Sync + 'static {
     fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError>;
 
     /// Appends several independent requests' events, in order, as one group: ids as if their
-    /// events were one [`Store::append`]. Each request is all or nothing; after a crash before
-    /// [`Store::sync`], a backend may keep some of the group's requests and not others (none was
-    /// acknowledged yet). The default appends everything at once.
-    fn append_group(
-        &self,
-        requests: Vec<Vec<NewEvent>>,
-        time: u64,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.append(requests.into_iter().flatten().collect(), time)
-    }
+    /// events were one [`Store::append`]. Each request is all or nothing, and a request's key
+    /// (if it has one) is stored with its events, as atomically, with where they went; after a
+    /// crash before [`Store::sync`], a store may keep some of the group's requests and not others
+    /// (none was acknowledged yet).
+    fn append_group(&self, requests: Vec<Request>, time: u64) -> Result<Vec<Event>, StoreError>;
+
+    /// What a request with this key was answered, and when, if the store still holds it.
+    fn answered(&self, key: &IdempotencyKey) -> Result<Option<Answered>, StoreError>;
+
+    /// Forgets the keys answered before `time`, at most `budget` of them; true if more remain.
+    fn forget_keys(&self, before: u64, budget: usize) -> Result<bool, StoreError>;
 
     /// Makes everything appended so far durable (fsync).
     fn sync(&self) -> Result<(), StoreError>;
@@ -355,6 +408,13 @@ mod store_tests {
 
     type Seen = (u64, String, Option<String>, String, u64);
 
+    fn unkeyed(requests: Vec<Vec<NewEvent>>) -> Vec<Request> {
+        requests
+            .into_iter()
+            .map(|events| Request { events, key: None })
+            .collect()
+    }
+
     fn seen(events: Vec<Event>) -> Vec<Seen> {
         events
             .into_iter()
@@ -447,8 +507,8 @@ mod store_tests {
                             }
                         }
                         assert_eq!(
-                            seen(sled.append_group(requests.clone(), time).unwrap()),
-                            seen(memory.append_group(requests, time).unwrap())
+                            seen(sled.append_group(unkeyed(requests.clone()), time).unwrap()),
+                            seen(memory.append_group(unkeyed(requests), time).unwrap())
                         );
                     }
                 }

@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
-use super::store::{Store, StoreError};
+use super::store::{self as store, Store, StoreError};
 use super::tail::{Positions, TailHub};
-use crate::broker::engine::{Change, Committed, EngineError, Record, Retention, StreamSettings};
+use crate::broker::engine::{
+    Appended, Change, Committed, EngineError, IdempotencyKey, Record, Retention, StreamSettings,
+};
 use crate::broker::event::{now_millis, Event, NewEvent, StreamName};
 
 /// How many events one group may hold before it is committed (a single larger batch request is
@@ -35,11 +37,32 @@ const MAX_GROUP_EVENTS: usize = 8192;
 /// Events removed per trim step, so one huge trim never holds up publishers for long.
 const TRIM_BUDGET: usize = 4096;
 
-pub(crate) type PublishReply = oneshot::Sender<Result<Vec<Arc<Event>>, EngineError>>;
+pub(crate) type PublishReply = oneshot::Sender<Result<Appended, EngineError>>;
 pub(crate) type ChangeReply = oneshot::Sender<Result<StreamSettings, EngineError>>;
 
-/// One publish request: its events (all or nothing) and where its answer goes.
-pub(crate) type Request = (Vec<NewEvent>, PublishReply);
+/// One publish request: its events (all or nothing), its idempotency key, and where its answer
+/// goes.
+pub(crate) struct Request {
+    pub events: Vec<NewEvent>,
+    pub key: Option<IdempotencyKey>,
+    pub reply: PublishReply,
+}
+
+/// A request to store in this group, with the repeats of its key in the same group, which get
+/// its answer.
+struct ToStore {
+    request: Request,
+    repeats: Vec<PublishReply>,
+}
+
+impl ToStore {
+    fn refuse(self, error: EngineError) {
+        for reply in self.repeats {
+            let _ = reply.send(Err(error.clone()));
+        }
+        let _ = self.request.reply.send(Err(error));
+    }
+}
 
 pub(crate) enum Command {
     /// Publish requests gathered by the [`Inbox`], in the order they were made.
@@ -77,6 +100,8 @@ pub(crate) struct Writer {
     /// Where the next committed record goes in the tail.
     pub positions: Positions,
     pub sync_seconds: Histogram,
+    /// How long a key's answer is kept: a repeat within it stores nothing.
+    pub idempotency_window: Duration,
 }
 
 impl Writer {
@@ -105,10 +130,7 @@ impl Writer {
                 while let Some(c) = command.take() {
                     match c {
                         Command::Publish(requests) => {
-                            size += requests
-                                .iter()
-                                .map(|(events, _)| events.len())
-                                .sum::<usize>();
+                            size += requests.iter().map(|r| r.events.len()).sum::<usize>();
                             group.extend(requests);
                         }
                         Command::Change {
@@ -161,6 +183,13 @@ impl Writer {
         settings: &HashMap<StreamName, StreamSettings>,
         last_time: &mut u64,
     ) {
+        if group.is_empty() {
+            return;
+        }
+        // Never let time go backwards, so age-based retention agrees with id order.
+        *last_time = now_millis().max(*last_time);
+        let time = *last_time;
+        let group = self.without_repeats(group, time);
         // A request that touches a sealed stream is refused whole; the rest of the group goes on.
         let sealed = |events: &[NewEvent]| {
             events
@@ -168,51 +197,49 @@ impl Writer {
                 .find(|e| settings.get(&e.stream).is_some_and(|s| s.sealed))
                 .map(|e| e.stream.clone())
         };
-        let group: Vec<_> = group
+        let group: Vec<ToStore> = group
             .into_iter()
-            .filter_map(|(events, reply)| match sealed(&events) {
+            .filter_map(|entry| match sealed(&entry.request.events) {
                 Some(stream) => {
-                    let _ = reply.send(Err(EngineError::Sealed(stream)));
+                    entry.refuse(EngineError::Sealed(stream));
                     None
                 }
-                None => Some((events, reply)),
+                None => Some(entry),
             })
             .collect();
         if group.is_empty() {
             return;
         }
         if self.failed.load(Ordering::Acquire) {
-            for (_, reply) in group {
-                let _ = reply.send(Err(EngineError::StoreFailed));
+            for entry in group {
+                entry.refuse(EngineError::StoreFailed);
             }
             return;
         }
-        let mut sizes = Vec::with_capacity(group.len());
-        let mut replies = Vec::with_capacity(group.len());
+        let mut answers = Vec::with_capacity(group.len());
         let mut requests = Vec::with_capacity(group.len());
-        for (events, reply) in group {
-            sizes.push(events.len());
-            replies.push(reply);
-            requests.push(events);
-        }
-        // Never let time go backwards, so age-based retention agrees with id order.
-        *last_time = now_millis().max(*last_time);
-        let appended = self
-            .store
-            .append_group(requests, *last_time)
-            .and_then(|events| {
-                if self.durability == Durability::Fsync {
-                    self.sync()?;
-                }
-                Ok(events)
+        for ToStore { request, repeats } in group {
+            answers.push((request.events.len(), request.reply, repeats));
+            requests.push(store::Request {
+                events: request.events,
+                key: request.key,
             });
+        }
+        let appended = self.store.append_group(requests, time).and_then(|events| {
+            if self.durability == Durability::Fsync {
+                self.sync()?;
+            }
+            Ok(events)
+        });
         let events: Vec<Arc<Event>> = match appended {
             Ok(events) => events.into_iter().map(Arc::new).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "append failed; the group is refused");
                 let e = EngineError::store(e);
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                for (_, reply, repeats) in answers {
+                    for reply in repeats.into_iter().chain([reply]) {
+                        let _ = reply.send(Err(e.clone()));
+                    }
                 }
                 return;
             }
@@ -225,20 +252,58 @@ impl Writer {
             })
             .collect();
         let mut rest = events.as_slice();
-        let replies = replies
-            .into_iter()
-            .zip(sizes)
-            .map(|(reply, size)| {
-                let (mine, tail) = rest.split_at(size.min(rest.len()));
-                rest = tail;
-                (reply, mine.to_vec())
-            })
-            .collect();
+        let mut replies = Vec::with_capacity(answers.len());
+        for (size, reply, repeats) in answers {
+            let (mine, tail) = rest.split_at(size.min(rest.len()));
+            rest = tail;
+            let mine = Appended::Stored(mine.to_vec());
+            if !repeats.is_empty() {
+                let first = Appended::Repeated(mine.receipts());
+                replies.extend(repeats.into_iter().map(|r| (r, first.clone())));
+            }
+            replies.push((reply, mine));
+        }
         self.outbox.send(Outgoing {
             records,
             replies,
             changed: None,
         });
+    }
+
+    /// Answers the requests whose key was answered within the window (nothing is stored for
+    /// them), and joins a key's repeats within this group to its first request.
+    fn without_repeats(&self, group: Vec<Request>, now: u64) -> Vec<ToStore> {
+        let window_start = now.saturating_sub(self.idempotency_window.as_millis() as u64);
+        let mut first_of: HashMap<IdempotencyKey, usize> = HashMap::new();
+        let mut entries: Vec<ToStore> = Vec::with_capacity(group.len());
+        for request in group {
+            if let Some(key) = &request.key {
+                if let Some(&first) = first_of.get(key) {
+                    entries[first].repeats.push(request.reply);
+                    continue;
+                }
+                match self.store.answered(key) {
+                    Ok(Some(answered)) if answered.time >= window_start => {
+                        let _ = request
+                            .reply
+                            .send(Ok(Appended::Repeated(answered.receipts)));
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading an idempotency key failed");
+                        let _ = request.reply.send(Err(EngineError::store(e)));
+                        continue;
+                    }
+                }
+                first_of.insert(key.clone(), entries.len());
+            }
+            entries.push(ToStore {
+                request,
+                repeats: Vec::new(),
+            });
+        }
+        entries
     }
 
     /// Applies a change, makes it durable, then hands it to the tail and answers.
@@ -317,6 +382,11 @@ impl Writer {
                 false
             }
         };
+        let expired = now_millis().saturating_sub(self.idempotency_window.as_millis() as u64);
+        match self.store.forget_keys(expired, TRIM_BUDGET) {
+            Ok(keys_left) => more |= keys_left,
+            Err(e) => tracing::error!(error = %e, "forgetting old idempotency keys failed"),
+        }
         let overridden = settings
             .values()
             .any(|s| s.max_len.is_some() || s.max_age_ms.is_some());
@@ -360,8 +430,8 @@ impl Writer {
 /// a head read after an answer is at or past them.
 pub(crate) struct Outgoing {
     records: Vec<Committed>,
-    /// Each publisher's answer channel and its own events.
-    replies: Vec<(PublishReply, Vec<Arc<Event>>)>,
+    /// Each publisher's answer channel and its answer.
+    replies: Vec<(PublishReply, Appended)>,
     /// The answer to a change, and the stream's settings after it.
     changed: Option<(ChangeReply, StreamSettings)>,
 }
@@ -370,8 +440,8 @@ impl Outgoing {
     /// The tail first, so the node's tailer has the records before any publisher hears back.
     fn deliver(self, tail: &TailHub) {
         tail.commit(self.records);
-        for (reply, mine) in self.replies {
-            let _ = reply.send(Ok(mine));
+        for (reply, answer) in self.replies {
+            let _ = reply.send(Ok(answer));
         }
         if let Some((reply, settings)) = self.changed {
             let _ = reply.send(Ok(settings));
@@ -476,11 +546,12 @@ impl Inbox {
     pub async fn publish(
         &self,
         events: Vec<NewEvent>,
-    ) -> Option<Result<Vec<Arc<Event>>, EngineError>> {
+        key: Option<IdempotencyKey>,
+    ) -> Option<Result<Appended, EngineError>> {
         let (reply, answer) = oneshot::channel();
         let first = {
             let mut gathered = self.gathered();
-            gathered.push((events, reply));
+            gathered.push(Request { events, key, reply });
             gathered.len() == 1
         };
         if first {

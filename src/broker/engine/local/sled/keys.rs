@@ -11,13 +11,16 @@
 //!   them at once; `purge` removes their bytes later in bounded steps, then the floor.
 //! - `s` → the id ceiling: ids up to it may have been handed out (see `mod.rs`).
 //! - `k` → nothing: present only while the log is closed after a clean stop.
+//! - `i` key → what the publish request with that idempotency key was answered, and when:
+//!   `[time u64 BE][count u32 BE]`, then per event `[id u64 BE][name len u8][name]`.
+//! - `j` time(u64 BE) key → nothing: the same keys by time, so the oldest are forgotten first.
 
 use std::collections::HashMap;
 
 use sled::Db;
 
-use crate::broker::engine::local::store::StoreError;
-use crate::broker::engine::{StreamSettings, StreamStats};
+use crate::broker::engine::local::store::{Answered, StoreError};
+use crate::broker::engine::{IdempotencyKey, Receipt, StreamSettings, StreamStats};
 use crate::broker::event::{EventId, StreamName};
 
 const RECORD_VERSION: u8 = 1;
@@ -151,4 +154,79 @@ pub(super) fn decode_settings(bytes: &[u8]) -> Result<StreamSettings, StoreError
         max_len: field(2, HAS_MAX_LEN)?,
         max_age_ms: field(10, HAS_MAX_AGE)?,
     })
+}
+
+pub(super) fn answer_key(key: &IdempotencyKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.as_str().len() + 1);
+    out.push(b'i');
+    out.extend_from_slice(key.as_str().as_bytes());
+    out
+}
+
+pub(super) fn answer_time_key(time: u64, key: &IdempotencyKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.as_str().len() + 9);
+    out.push(b'j');
+    out.extend_from_slice(&time.to_be_bytes());
+    out.extend_from_slice(key.as_str().as_bytes());
+    out
+}
+
+/// The `j` entries of the keys answered before `time`.
+pub(super) fn answers_before(time: u64) -> std::ops::Range<Vec<u8>> {
+    let at = |t: u64| {
+        let mut key = vec![b'j'];
+        key.extend_from_slice(&t.to_be_bytes());
+        key
+    };
+    at(0)..at(time)
+}
+
+/// The key and time of a `j` entry.
+pub(super) fn parse_answer_time_key(entry: &[u8]) -> Result<(u64, IdempotencyKey), StoreError> {
+    let corrupt = || StoreError::Corrupt("an idempotency key's time entry".into());
+    let time = read_u64(entry, 1).ok_or_else(corrupt)?;
+    let key = std::str::from_utf8(entry.get(9..).ok_or_else(corrupt)?)
+        .ok()
+        .and_then(|k| IdempotencyKey::new(k).ok())
+        .ok_or_else(corrupt)?;
+    Ok((time, key))
+}
+
+pub(super) fn encode_answer(time: u64, receipts: &[Receipt]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + receipts.len() * 24);
+    out.extend_from_slice(&time.to_be_bytes());
+    out.extend_from_slice(&(receipts.len() as u32).to_be_bytes());
+    for receipt in receipts {
+        out.extend_from_slice(&receipt.id.0.to_be_bytes());
+        // A stream name is at most 128 bytes.
+        out.push(receipt.stream.as_str().len() as u8);
+        out.extend_from_slice(receipt.stream.as_str().as_bytes());
+    }
+    out
+}
+
+pub(super) fn decode_answer(bytes: &[u8]) -> Result<Answered, StoreError> {
+    let corrupt = || StoreError::Corrupt("an idempotency key's answer".into());
+    let time = read_u64(bytes, 0).ok_or_else(corrupt)?;
+    let count = bytes
+        .get(8..12)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(corrupt)?;
+    let mut rest = bytes.get(12..).ok_or_else(corrupt)?;
+    let mut receipts = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let id = read_u64(rest, 0).ok_or_else(corrupt)?;
+        let len = *rest.get(8).ok_or_else(corrupt)? as usize;
+        let name = rest.get(9..9 + len).ok_or_else(corrupt)?;
+        let stream = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| StreamName::new(n).ok())
+            .ok_or_else(corrupt)?;
+        receipts.push(Receipt {
+            id: EventId(id),
+            stream,
+        });
+        rest = &rest[9 + len..];
+    }
+    Ok(Answered { time, receipts })
 }

@@ -33,13 +33,16 @@ use sled::{Batch, Db};
 
 use self::durability::{Syncer, SLED_BLOB_DIR, SLED_CONF_FILE, SLED_LOG_FILE};
 use self::keys::{
-    decode_settings, decode_stats, encode_settings, encode_stats, event_key, keyed, load, read_u64,
-    runs_from,
+    answer_key, answer_time_key, answers_before, decode_answer, decode_settings, decode_stats,
+    encode_answer, encode_settings, encode_stats, event_key, keyed, load, parse_answer_time_key,
+    read_u64, runs_from,
 };
 use self::runs::{Run, RunWriter};
 
-use super::store::{by_name, Store, StoreError, TrimOutcome};
-use crate::broker::engine::{Retention, StreamSettings, StreamStats};
+use super::store::{
+    by_name, flatten, keyed_answers, Answered, Request, Store, StoreError, TrimOutcome,
+};
+use crate::broker::engine::{IdempotencyKey, Retention, StreamSettings, StreamStats};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 impl From<sled::Error> for StoreError {
@@ -156,6 +159,7 @@ impl SledStore {
         events: Vec<NewEvent>,
         time: u64,
         one_stream_each: bool,
+        shape: &[(usize, Option<IdempotencyKey>)],
     ) -> Result<Vec<Event>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -198,6 +202,11 @@ impl SledStore {
                 writes.push((event_key(name, last), value));
             }
         }
+        // Each keyed request's answer, stored with its events.
+        for (key, receipts) in keyed_answers(shape, &appended) {
+            writes.push((answer_key(&key), encode_answer(time, &receipts)));
+            writes.push((answer_time_key(time, &key), Vec::new()));
+        }
         // These ids are used from here on, stored or not: an append that fails part-way must
         // never let a later one reuse them.
         st.next = last + 1;
@@ -209,6 +218,8 @@ impl SledStore {
         // Anything else is one atomic batch, so that a request split over runs is never half
         // stored and a new stream's first run never lacks its counters. (Each sled batch costs
         // two extra writes of its io buffer: BENCHMARKS.md, "Publish, durable".)
+        // (A keyed request's answer is two more writes: a batch then, so it is never stored
+        // without its events or they without it.)
         let plain = writes.len() == touched.len()
             && (one_stream_each || touched.len() == 1)
             && touched.keys().all(|name| st.stats.contains_key(name));
@@ -244,22 +255,42 @@ impl SledStore {
 
 impl Store for SledStore {
     fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
-        self.append_runs(events, time, false)
+        self.append_runs(events, time, false, &[])
     }
 
-    fn append_group(
-        &self,
-        requests: Vec<Vec<NewEvent>>,
-        time: u64,
-    ) -> Result<Vec<Event>, StoreError> {
+    fn append_group(&self, requests: Vec<Request>, time: u64) -> Result<Vec<Event>, StoreError> {
         let one_stream_each = requests
             .iter()
-            .all(|r| r.windows(2).all(|w| w[0].stream == w[1].stream));
-        self.append_runs(
-            requests.into_iter().flatten().collect(),
-            time,
-            one_stream_each,
-        )
+            .all(|r| r.events.windows(2).all(|w| w[0].stream == w[1].stream));
+        let (events, shape) = flatten(requests);
+        self.append_runs(events, time, one_stream_each, &shape)
+    }
+
+    fn answered(&self, key: &IdempotencyKey) -> Result<Option<Answered>, StoreError> {
+        self.db
+            .get(answer_key(key))?
+            .map(|bytes| decode_answer(&bytes))
+            .transpose()
+    }
+
+    fn forget_keys(&self, before: u64, budget: usize) -> Result<bool, StoreError> {
+        let mut batch = Batch::default();
+        let mut forgotten = 0;
+        let mut entries = self.db.range(answers_before(before));
+        for entry in entries.by_ref().take(budget) {
+            let (entry, _) = entry?;
+            let (time, key) = parse_answer_time_key(&entry)?;
+            batch.remove(entry);
+            // A key answered again since keeps its newer answer.
+            if self.answered(&key)?.is_some_and(|a| a.time == time) {
+                batch.remove(answer_key(&key));
+            }
+            forgotten += 1;
+        }
+        if forgotten > 0 {
+            self.db.apply_batch(batch)?;
+        }
+        Ok(forgotten == budget && entries.next().is_some())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -578,8 +609,12 @@ mod tests {
             log.append(vec![new("s", "4")], 30).unwrap();
             log.append(vec![new("s", "5"), new("s", "6")], 31).unwrap();
             // A group of one-stream requests to two streams: plain inserts too.
-            log.append_group(vec![vec![new("t", "7")], vec![new("s", "8")]], 32)
-                .unwrap();
+            let request = |events| Request { events, key: None };
+            log.append_group(
+                vec![request(vec![new("t", "7")]), request(vec![new("s", "8")])],
+                32,
+            )
+            .unwrap();
             // The counters' inserts are lost in the crash; the runs are not.
             for (name, stats) in [(&s, &before.0), (&t, &before.1)] {
                 log.db
