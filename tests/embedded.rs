@@ -372,30 +372,55 @@ async fn routes_embedded_in_another_warp_server_keep_every_layer() {
         .unwrap();
 }
 
-/// An engine of the app's own: here one that wraps the local engine and counts what passes
-/// through. `Broker::on_engine` serves it like any other, and everything a subscriber sees comes
-/// from that engine's tail.
-#[tokio::test]
-async fn a_broker_serves_an_engine_the_app_passes_in() {
+/// An engine of the app's own, for the tests below: it wraps the local engine, counts what
+/// passes, and can hold back the tail (as a node whose tailer has not yet seen what another
+/// node committed).
+mod wrapped {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use futures::future::BoxFuture;
-    use herald::broker::engine::local::{LocalEngine, LocalOptions};
+    use futures::StreamExt;
+    use herald::broker::engine::local::{LocalEngine, LocalOptions, IDEMPOTENCY_WINDOW};
     use herald::broker::engine::{
         Appended, Change, Engine, EngineFuture, IdempotencyKey, ListQuery, Position, Retention,
         StreamSettings, StreamState, Tail,
     };
-    use herald::broker::event::Event;
-    use herald::broker::NodeOptions;
+    use herald::broker::event::{Event, EventId, NewEvent, StreamName};
+    use herald::broker::{Durability, Storage};
+    use tokio::sync::oneshot;
 
-    struct Counting {
+    pub struct Wrapped {
         inner: LocalEngine,
-        appends: AtomicUsize,
-        tails: AtomicUsize,
+        pub appends: AtomicUsize,
+        pub tails: AtomicUsize,
+        /// While set, the next tail opened gives nothing until it is sent to.
+        gate: Mutex<Option<oneshot::Receiver<()>>>,
     }
 
-    impl Engine for Counting {
+    impl Wrapped {
+        /// The engine, and — with `held` — the sender that lets its first tail go.
+        pub fn open(held: bool) -> (Arc<Wrapped>, Option<oneshot::Sender<()>>) {
+            let (open, gate) = oneshot::channel();
+            let engine = Wrapped {
+                inner: LocalEngine::open(LocalOptions {
+                    storage: Storage::Memory,
+                    durability: Durability::Fsync,
+                    retention: Retention::default(),
+                    trim_every: Duration::from_secs(1),
+                    idempotency_window: IDEMPOTENCY_WINDOW,
+                })
+                .unwrap(),
+                appends: AtomicUsize::new(0),
+                tails: AtomicUsize::new(0),
+                gate: Mutex::new(held.then_some(gate)),
+            };
+            (Arc::new(engine), held.then_some(open))
+        }
+    }
+
+    impl Engine for Wrapped {
         fn append(
             &self,
             events: Vec<NewEvent>,
@@ -438,7 +463,16 @@ async fn a_broker_serves_an_engine_the_app_passes_in() {
         }
         fn tail(&self, from: Position) -> Tail {
             self.tails.fetch_add(1, Ordering::SeqCst);
-            self.inner.tail(from)
+            let tail = self.inner.tail(from);
+            match self.gate.lock().unwrap().take() {
+                Some(gate) => futures::stream::once(async move {
+                    let _ = gate.await;
+                    tail
+                })
+                .flatten()
+                .boxed(),
+                None => tail,
+            }
         }
         fn retention(&self) -> Retention {
             self.inner.retention()
@@ -453,20 +487,16 @@ async fn a_broker_serves_an_engine_the_app_passes_in() {
             self.inner.close()
         }
     }
+}
 
-    let engine = Arc::new(Counting {
-        inner: LocalEngine::open(LocalOptions {
-            storage: Storage::Memory,
-            durability: herald::broker::Durability::Fsync,
-            retention: Retention::default(),
-            trim_every: Duration::from_secs(1),
-            idempotency_window: herald::broker::engine::local::IDEMPOTENCY_WINDOW,
-        })
-        .unwrap(),
-        appends: AtomicUsize::new(0),
-        tails: AtomicUsize::new(0),
-    });
-    let broker = Broker::on_engine(engine.clone(), NodeOptions::default())
+/// `Broker::on_engine` serves an engine the app passes in like any other; everything a
+/// subscriber sees comes from that engine's tail.
+#[tokio::test]
+async fn a_broker_serves_an_engine_the_app_passes_in() {
+    use std::sync::atomic::Ordering;
+
+    let (engine, _) = wrapped::Wrapped::open(false);
+    let broker = Broker::on_engine(engine.clone(), herald::broker::NodeOptions::default())
         .await
         .unwrap();
     let room = StreamName::new("room").unwrap();
@@ -490,5 +520,52 @@ async fn a_broker_serves_an_engine_the_app_passes_in() {
             .len(),
         1
     );
+    broker.close().await;
+}
+
+/// A `Last-Event-ID` this node's tailer has not reached yet — an event another node committed
+/// a moment ago — is where the subscriber is: it gets what comes after it, nothing twice.
+/// (Only an id above everything ever committed is taken as "now".)
+#[tokio::test]
+async fn a_resume_point_committed_elsewhere_but_not_yet_seen_here_is_honoured() {
+    use herald::broker::engine::Engine;
+
+    let (engine, open) = wrapped::Wrapped::open(true);
+    let broker = Broker::on_engine(engine.clone(), herald::broker::NodeOptions::default())
+        .await
+        .unwrap();
+    let room = StreamName::new("room").unwrap();
+    // Committed by "another node": straight to the engine; this node's tail is held back.
+    let mut ids = Vec::new();
+    for data in ["1", "2", "3"] {
+        let appended = engine.append(vec![event(&room, data)], None).await.unwrap();
+        ids.push(appended.last_id().unwrap());
+    }
+    assert_eq!(broker.last_visible_id(), EventId(0), "not seen here yet");
+    // The client saw event 2 on the other node.
+    let mut sub = broker.subscribe(vec![room.clone()], StartAt::After(ids[1]));
+    let first = tokio::spawn(async move {
+        let delivery = next(&mut sub).await;
+        (delivery, sub)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    open.unwrap().send(()).unwrap();
+    let (delivery, mut sub) = first.await.unwrap();
+    match delivery {
+        Some(Delivery::Event(e)) => assert_eq!(e.id, ids[2], "event 3 first, 1 and 2 not again"),
+        other => panic!("expected event 3, got {other:?}"),
+    }
+    broker.publish(event(&room, "4")).await.unwrap();
+    match next(&mut sub).await {
+        Some(Delivery::Event(e)) => assert_eq!(e.data, "4"),
+        other => panic!("expected event 4, got {other:?}"),
+    }
+    // From the future: "now".
+    let mut ahead = broker.subscribe(vec![room.clone()], StartAt::After(EventId(1_000)));
+    let live = broker.publish(event(&room, "5")).await.unwrap();
+    match next(&mut ahead).await {
+        Some(Delivery::Event(e)) => assert_eq!(e.id, live.id),
+        other => panic!("expected event 5, got {other:?}"),
+    }
     broker.close().await;
 }

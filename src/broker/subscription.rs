@@ -85,17 +85,20 @@ pub struct Subscription {
     /// Compare the streams' state with what was told before going live.
     check_lifecycle: bool,
     lag_recoveries: u64,
+    /// A resume point above this node's watermark, not yet placed: it may have been committed
+    /// (on another node, or here but not yet through the tailer) or it may be from the future.
+    unplaced: Option<EventId>,
 }
 
 impl Subscription {
     pub(crate) fn new(shared: Arc<Shared>, streams: Topic, start: StartAt) -> Subscription {
         let membership = shared.fanout.join(streams.clone());
         let visible = shared.visible();
-        // An id from the future (say, a client of a data directory since wiped) would otherwise
-        // hide every event until the sequence caught up with it: treat it as "now".
-        let (cursor, catching_up) = match start {
-            StartAt::Live => (visible, false),
-            StartAt::After(id) => (id.min(visible), id < visible),
+        // An id above the watermark is placed by the first `next`, which asks the engine.
+        let (cursor, catching_up, unplaced) = match start {
+            StartAt::Live => (visible, false, None),
+            StartAt::After(id) if id > visible => (visible, false, Some(id)),
+            StartAt::After(id) => (id, id < visible, None),
         };
         Subscription {
             gap_told: vec![false; streams.len()],
@@ -110,7 +113,23 @@ impl Subscription {
             pending: VecDeque::new(),
             pending_bound: cursor,
             lag_recoveries: 0,
+            unplaced,
         }
+    }
+
+    /// Places a resume point above the watermark. One the engine has committed — another node's
+    /// event, or one this node's tailer has not passed yet — is where the subscriber is: it goes
+    /// live from there, and skips what its channel brings up to it. One above everything ever
+    /// committed (a client of a data directory since wiped) would hide every event until the
+    /// sequence caught up with it, so it is taken as "now".
+    async fn place(&mut self, id: EventId) -> Result<(), BrokerError> {
+        let head = Box::pin(self.shared.engine.head()).await?;
+        self.unplaced = None;
+        if id <= head.id {
+            self.cursor = id;
+            self.pending_bound = id;
+        }
+        Ok(())
     }
 
     /// The streams this subscription reads, sorted.
@@ -152,6 +171,11 @@ impl Subscription {
     /// the broker is gone. Cancel-safe: dropping the future loses nothing, the next call resumes
     /// where this one was.
     pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        if let Some(id) = self.unplaced {
+            if let Err(e) = self.place(id).await {
+                return Some(Err(e));
+            }
+        }
         loop {
             if let Some(delivery) = self.pending.pop_front() {
                 if let Delivery::Event(event) = &delivery {
@@ -229,6 +253,9 @@ impl Subscription {
     /// ready into one write (coalescing). `None` means "call [`next`](Self::next)": nothing is
     /// ready, or what comes next is not an event (a gap, a close, a catch-up from the log).
     pub fn try_next_event(&mut self) -> Option<Arc<Event>> {
+        if self.unplaced.is_some() {
+            return None;
+        }
         loop {
             match self.pending.front() {
                 Some(Delivery::Event(_)) => {
