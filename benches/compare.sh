@@ -12,17 +12,23 @@
 # --cache-mb 1024, twice). "stalled" holds 100 subscribers that never read while batches are
 # published as fast as they are answered, and samples server RSS each second.
 # Usage: benches/compare.sh [rounds]
+# HERALD=<binary> measures that herald build instead of this tree's (for a before/after in one
+# session), LOAD=<binary> uses that load tool build (so a tree being edited is not rebuilt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 if [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || ! command -v openssl >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan openssl
 fi
-cargo build --release --quiet
-cargo bench --bench load --no-run --quiet 2>/dev/null
-cargo bench --bench floor --no-run --quiet 2>/dev/null
+herald_bin=${HERALD:-target/release/herald}
+[ -n "${HERALD:-}" ] || cargo build --release --quiet
+if [ -z "${LOAD:-}" ]; then
+  cargo bench --bench load --no-run --quiet 2>/dev/null
+  LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
+fi
+cargo bench --bench floor --no-run --quiet 2>/dev/null || true
 floor_bin=$(ls -t target/release/deps/floor-* | grep -v '\.d$' | head -1)
-load() { taskset -c 1 cargo bench --quiet --bench load -- "$@"; }
+load() { taskset -c 1 "$LOAD" --bench "$@"; }
 
 work=$(mktemp -d)
 mkdir -p "$work/nginx/logs"
@@ -67,7 +73,7 @@ stop() { kill "${2:--TERM}" "$1"; wait "$1" || true; }
 for round in $(seq "$rounds"); do
   echo "== round $round"
   rm -rf "$work/data"
-  start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data" --max-len 0
+  start 7070 "$herald_bin" --listen 127.0.0.1:7070 --data "$work/data" --max-len 0
   herald=$pid
   echo -n "herald durable "; load publish --connections 16 --seconds 10
   echo -n "herald "; load latency --subscribers 200 --rate 250 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
@@ -77,33 +83,33 @@ for round in $(seq "$rounds"); do
   stop $herald
   # Catch-up with the replayed range in sled's cache: the second pass reads no disk.
   rm -rf "$work/data"
-  start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data" --max-len 0 --cache-mb 1024
+  start 7070 "$herald_bin" --listen 127.0.0.1:7070 --data "$work/data" --max-len 0 --cache-mb 1024
   herald=$pid
   load replay --events 1000000 --batch 1000 --connections 4 --passes 2 --server-pid $herald | sed 's/^/herald cache-mb 1024 /'
   stop $herald
   rm -rf "$work/data"
-  start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data"
+  start 7070 "$herald_bin" --listen 127.0.0.1:7070 --data "$work/data"
   herald=$pid
   echo -n "herald "; load idle --connections 19000 --server-pid $herald
   stop $herald
   rm -rf "$work/data"
-  start 7443 target/release/herald --listen 127.0.0.1:7443 --data "$work/data" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key"
+  start 7443 "$herald_bin" --listen 127.0.0.1:7443 --data "$work/data" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key"
   herald=$pid
   echo -n "herald tls "; load idle --url https://127.0.0.1:7443 --connections 19000 --server-pid $herald --ca "$work/tls.crt"
   stop $herald
   rm -rf "$work/data"
-  start 7443 target/release/herald --listen 127.0.0.1:7443 --data "$work/data" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key"
+  start 7443 "$herald_bin" --listen 127.0.0.1:7443 --data "$work/data" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key"
   herald=$pid
   echo -n "herald "; load idle-h2 --streams 19000 --streams-per-connection 10 --server-pid $herald --ca "$work/tls.crt"
   stop $herald
   # Stored, but acknowledged before the fsync (a crash may lose the last 100 ms).
   rm -rf "$work/data"
-  start 7070 target/release/herald --listen 127.0.0.1:7070 --data "$work/data" --flush-interval 100
+  start 7070 "$herald_bin" --listen 127.0.0.1:7070 --data "$work/data" --flush-interval 100
   herald=$pid
   echo -n "herald flush-interval 100 "; load publish --connections 16 --seconds 10
   stop $herald
   # The burst measures fan-out, so herald keeps events in memory here, as nchan does.
-  start 7070 target/release/herald --listen 127.0.0.1:7070 --memory
+  start 7070 "$herald_bin" --listen 127.0.0.1:7070 --memory
   herald=$pid
   echo -n "herald memory "; load publish --connections 16 --seconds 10
   echo -n "herald memory "; load latency --subscribers 200 --rate 250 --seconds 10 --server-pid $herald | tr '\n' ' '; echo
