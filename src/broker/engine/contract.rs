@@ -93,6 +93,16 @@ fn key(k: &str) -> Option<IdempotencyKey> {
     Some(IdempotencyKey::new(k).expect("a valid key"))
 }
 
+/// Every stream, on one page.
+async fn list_all(engine: &dyn Engine) -> Vec<(StreamName, super::StreamState)> {
+    let everything = ListQuery {
+        prefix: String::new(),
+        after: None,
+        limit: 10_000,
+    };
+    engine.list(everything).await.expect("list")
+}
+
 async fn read_all(engine: &dyn Engine, stream: &str) -> Vec<Event> {
     engine
         .read(&name(stream), EventId::ZERO, EventId(u64::MAX), usize::MAX)
@@ -485,14 +495,7 @@ async fn listing_is_paged_by_name(engine: &dyn Engine) {
         "a stream with only settings is listed"
     );
     assert!(rest_states[1].stats.is_none() && rest_states[1].settings.max_len == Some(9));
-    let everything = engine
-        .list(ListQuery {
-            prefix: String::new(),
-            after: None,
-            limit: 10_000,
-        })
-        .await
-        .expect("list");
+    let everything = list_all(engine).await;
     let all = names(everything);
     let mut sorted = all.clone();
     sorted.sort();
@@ -578,14 +581,7 @@ where
         .expect("stream")
         .settings;
     let retained = engine.stream(&name("r:kept")).await.expect("stream");
-    let listed = engine
-        .list(ListQuery {
-            prefix: String::new(),
-            after: None,
-            limit: 10_000,
-        })
-        .await
-        .expect("list");
+    let listed = list_all(engine.as_ref()).await;
     engine.close().await;
     let closed = engine.append(vec![new("z:kept", "c")], None).await;
     assert!(
@@ -615,14 +611,7 @@ where
         retained,
         "counters and retention settings are kept"
     );
-    let relisted = engine
-        .list(ListQuery {
-            prefix: String::new(),
-            after: None,
-            limit: 10_000,
-        })
-        .await
-        .expect("list");
+    let relisted = list_all(engine.as_ref()).await;
     assert_eq!(relisted, listed);
     let next = append(engine.as_ref(), vec![new("z:kept", "c")]).await;
     assert!(
