@@ -411,23 +411,15 @@ impl Broker {
         Ok(infos)
     }
 
-    /// Every stream [`Broker::streams`] would list, page after page.
+    /// Every stream [`Broker::streams`] would list, in one page (for the dashboard and
+    /// `/metrics`; `GET /streams` pages).
     pub async fn all_streams(&self) -> Result<Vec<StreamInfo>, BrokerError> {
-        const PAGE: usize = 1000;
-        let mut all = Vec::new();
-        loop {
-            let query = ListQuery {
-                prefix: String::new(),
-                after: all.last().map(|info: &StreamInfo| info.name.clone()),
-                limit: PAGE,
-            };
-            let page = self.streams(query).await?;
-            let more = page.len() == PAGE;
-            all.extend(page);
-            if !more {
-                return Ok(all);
-            }
-        }
+        self.streams(ListQuery {
+            prefix: String::new(),
+            after: None,
+            limit: usize::MAX,
+        })
+        .await
     }
 
     async fn info(&self, name: StreamName, state: StreamState) -> Result<StreamInfo, BrokerError> {
