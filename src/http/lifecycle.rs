@@ -1,5 +1,5 @@
 //! A stream's life besides its events: `DELETE /streams/{stream}`, `POST /streams/{stream}/close`
-//! and `GET|PUT /streams/{stream}/retention`. Each is one call into the broker, whose writer
+//! and `GET|PUT /streams/{stream}/retention`. Each is one call into the broker, whose engine
 //! places it at an exact point of the publish order.
 
 use serde::{Deserialize, Serialize};

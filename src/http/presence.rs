@@ -1,5 +1,5 @@
 //! `GET /streams/{stream}/presence`: who is online. Membership itself comes from `GET /sse`
-//! (`client=`), and live joins and leaves go out on SSE (`presence=1`); see `sse.rs`.
+//! (`client=`), and live joins and leaves go out on SSE (`presence=1`); see `sse/`.
 
 use warp::reply::{Reply, Response};
 use warp::Filter;

@@ -13,7 +13,7 @@
 //! `204 No Content`, which tells `EventSource` to stop reconnecting.
 //!
 //! Before anything is sent, the reader's credentials must cover every private stream it names
-//! (`auth.rs`), and the subscription must find room under the connection caps (`limits.rs`). A
+//! (`auth/`), and the subscription must find room under the connection caps (`limits.rs`). A
 //! response whose token carries `exp` ends when the token does; the browser reconnects with
 //! whatever token it holds by then.
 //!
