@@ -237,11 +237,6 @@ impl Broker {
         self
     }
 
-    /// The engine this broker serves.
-    pub fn engine(&self) -> &Arc<dyn Engine> {
-        &self.shared.engine
-    }
-
     /// Publishes one event; resolves once it is committed and visible to every live subscriber
     /// of this node.
     pub async fn publish(&self, event: NewEvent) -> Result<Arc<Event>, BrokerError> {

@@ -334,9 +334,7 @@ impl Presence for LocalPresence {
     }
 
     fn watch(self: Arc<Self>, streams: &[StreamName]) -> PresenceWatch {
-        PresenceWatch {
-            changes: self.local_watch(streams).boxed(),
-        }
+        PresenceWatch::new(self.local_watch(streams).boxed())
     }
 }
 

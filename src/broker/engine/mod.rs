@@ -62,11 +62,6 @@ pub struct Position {
 }
 
 impl Position {
-    pub const START: Position = Position {
-        id: EventId::ZERO,
-        seq: 0,
-    };
-
     pub fn of_event(id: EventId) -> Position {
         Position { id, seq: 0 }
     }

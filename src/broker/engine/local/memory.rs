@@ -64,16 +64,14 @@ fn to_event(stream: &StreamName, id: u64, record: &Record) -> Event {
 
 impl Inner {
     fn append(&mut self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
-        let inner = self;
-        inner
-            .last
+        self.last
             .checked_add(events.len() as u64)
             .ok_or(StoreError::IdsExhausted)?;
         let mut appended = Vec::with_capacity(events.len());
         for new in events {
-            inner.last += 1;
-            let id = inner.last;
-            let stream = inner.streams.entry(new.stream.clone()).or_default();
+            self.last += 1;
+            let id = self.last;
+            let stream = self.streams.entry(new.stream.clone()).or_default();
             if stream.stats.length == 0 {
                 stream.stats.first_id = EventId(id);
                 stream.stats.first_time = time;
