@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::broker::engine::redis::{valid_prefix, RedisOptions, RedisTarget};
 use crate::broker::engine::Retention;
 use crate::broker::{BrokerOptions, Durability, Storage};
 use crate::cli::publish::PublishArgs;
@@ -202,6 +203,43 @@ pub struct ServeArgs {
     )]
     pub tls_key: Option<PathBuf>,
 
+    /// Share the log, the id sequence and presence with every herald node that names the same
+    /// Redis (7.0 or newer) and --redis-prefix: `redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS. --data, --memory and --flush-interval then do not apply. Prefer
+    /// the environment variable when the URL holds a password: flags show in `ps`.
+    #[arg(
+        long,
+        env = "HERALD_REDIS",
+        hide_env_values = true,
+        value_name = "URL",
+        conflicts_with = "redis_sentinel"
+    )]
+    pub redis: Option<String>,
+
+    /// Sentinels (`host:port`, comma-separated) that manage the Redis primary named by
+    /// --redis-master; herald asks them where the primary is, again after every failover.
+    #[arg(
+        long,
+        env = "HERALD_REDIS_SENTINEL",
+        value_delimiter = ',',
+        value_name = "HOST:PORT",
+        requires = "redis_master"
+    )]
+    pub redis_sentinel: Vec<String>,
+
+    /// The primary's name in the Sentinels' configuration (`sentinel monitor <name> …`).
+    #[arg(long, env = "HERALD_REDIS_MASTER", value_name = "NAME")]
+    pub redis_master: Option<String>,
+
+    /// Names this cluster's keys in Redis: nodes with the same Redis and prefix are one broker.
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
+
+    /// Answer a publish only once this many Redis replicas have it too (WAIT), so a failover
+    /// to one of them loses no acknowledged event.
+    #[arg(long, env = "HERALD_REDIS_REPLICAS", default_value_t = 0)]
+    pub redis_replicas: usize,
+
     /// Log lines as `text` (for people) or `json` (one object per line, for log pipelines).
     /// RUST_LOG picks what is logged (default: herald=info,warn).
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
@@ -227,9 +265,48 @@ pub struct Config {
     pub demo: bool,
     /// Certificate chain and key, for HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve the log of several nodes in this Redis rather than a local one.
+    pub redis: Option<RedisOptions>,
 }
 
 impl ServeArgs {
+    /// The Redis engine's options, when --redis or --redis-sentinel is given.
+    fn redis_options(&self) -> Result<Option<RedisOptions>, String> {
+        let target = match (&self.redis, self.redis_sentinel.is_empty()) {
+            (Some(url), _) => RedisTarget::Url(url.trim().to_owned()),
+            (None, false) => RedisTarget::Sentinel {
+                sentinels: self
+                    .redis_sentinel
+                    .iter()
+                    .map(|s| s.trim().to_owned())
+                    .collect(),
+                master: self
+                    .redis_master
+                    .clone()
+                    .ok_or("--redis-sentinel needs --redis-master")?,
+            },
+            (None, true) => {
+                if self.redis_replicas > 0 || self.redis_master.is_some() {
+                    return Err(
+                        "--redis-replicas and --redis-master need --redis or --redis-sentinel"
+                            .into(),
+                    );
+                }
+                return Ok(None);
+            }
+        };
+        valid_prefix(&self.redis_prefix)?;
+        let mut options = RedisOptions::new(target);
+        options.prefix = self.redis_prefix.clone();
+        options.replicas = self.redis_replicas;
+        options.retention = Retention {
+            max_len: (self.max_len > 0).then_some(self.max_len),
+            max_age_ms: self.max_age.map(|d| d.as_millis() as u64),
+        };
+        options.idempotency_window = self.idempotency_window;
+        Ok(Some(options))
+    }
+
     pub fn into_config(self) -> Result<Config, String> {
         if self.max_data == 0 {
             return Err("--max-data must be at least 1 byte".into());
@@ -245,6 +322,7 @@ impl ServeArgs {
         }
         let access = self.access()?;
         let cors_origins = cors_origins(&self.cors_origin)?;
+        let redis = self.redis_options()?;
         let storage = if self.memory {
             Storage::Memory
         } else {
@@ -293,6 +371,7 @@ impl ServeArgs {
             allow_public_publish: self.allow_public_publish,
             demo: self.demo,
             tls: self.tls_cert.zip(self.tls_key),
+            redis,
             peer_timeout: match self.peer_timeout {
                 None => Some(self.heartbeat),
                 Some(t) if t.is_zero() => None,

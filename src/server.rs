@@ -6,11 +6,13 @@
 //! closed anyway — an acknowledged event is already on disk, so waiting longer protects nothing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::broker::engine::redis::RedisEngine;
 use crate::broker::{Broker, Storage};
 use crate::config::Config;
 use crate::http::{listener, Api};
@@ -48,7 +50,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             config.listen
         )));
     }
-    if let Storage::Disk { dir, .. } = &config.broker.storage {
+    if let (Storage::Disk { dir, .. }, None) = (&config.broker.storage, &config.redis) {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
             dir: dir.clone(),
             source,
@@ -61,7 +63,20 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         None => None,
     };
     raise_file_limit();
-    let broker = Broker::open(config.broker.clone()).map_err(ServeError::Store)?;
+    let broker = match &config.redis {
+        None => Broker::open(config.broker.clone()).map_err(ServeError::Store)?,
+        Some(redis) => {
+            let engine = RedisEngine::connect(redis.clone())
+                .await
+                .map_err(ServeError::Store)?;
+            tracing::info!(redis = %engine.target(), prefix = %redis.prefix, "sharing the log in Redis");
+            let presence = engine.presence(config.broker.presence_grace);
+            Broker::on_engine(Arc::new(engine), config.broker.node())
+                .await
+                .map_err(ServeError::Store)?
+                .with_presence(presence)
+        }
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {

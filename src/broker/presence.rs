@@ -347,6 +347,20 @@ pub struct PresenceGuard {
 }
 
 impl PresenceGuard {
+    /// A guard that calls `presence`'s [`Presence::disconnect`] when dropped; for
+    /// [`Presence::connect`] implementations.
+    pub fn new(
+        presence: Arc<dyn Presence>,
+        streams: Vec<StreamName>,
+        client: ClientId,
+    ) -> PresenceGuard {
+        PresenceGuard {
+            presence,
+            streams,
+            client,
+        }
+    }
+
     pub fn client(&self) -> &ClientId {
         &self.client
     }

@@ -14,6 +14,8 @@ use crate::broker::BrokerError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header: set on a `503` that a retry may get past.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -44,16 +47,29 @@ impl From<BrokerError> for ApiError {
         let status = match e {
             BrokerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             BrokerError::StoreFailed | BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             BrokerError::Sealed(_) => StatusCode::CONFLICT,
         };
-        ApiError::new(status, e.to_string())
+        let mut error = ApiError::new(status, e.to_string());
+        if matches!(e, BrokerError::Unavailable(_)) {
+            // Jittered, so clients that failed together do not all come back together.
+            error.retry_after = Some(1 + fastrand::u64(0..3));
+        }
+        error
     }
 }
 
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         let body = warp::reply::json(&serde_json::json!({ "error": self.message }));
-        warp::reply::with_status(body, self.status).into_response()
+        let mut response = warp::reply::with_status(body, self.status).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                warp::http::header::RETRY_AFTER,
+                warp::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 

@@ -2,6 +2,8 @@
 //! speaks real HTTP and SSE to it.
 #![allow(dead_code)] // each test file uses a different part of this
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

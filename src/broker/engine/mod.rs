@@ -15,6 +15,7 @@
 
 pub mod contract;
 pub mod local;
+pub mod redis;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -43,11 +44,18 @@ pub enum EngineError {
     ShuttingDown,
     #[error("stream {0} is closed and takes no more events")]
     Sealed(StreamName),
+    /// The store cannot be reached now (a shared store over the network); a retry may succeed.
+    #[error("{0}")]
+    Unavailable(Arc<str>),
 }
 
 impl EngineError {
     pub fn store(e: impl StdError + Send + Sync + 'static) -> EngineError {
         EngineError::Store(Arc::new(e))
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> EngineError {
+        EngineError::Unavailable(Arc::from(message.into()))
     }
 }
 
