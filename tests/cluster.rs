@@ -10,7 +10,7 @@ use herald::broker::engine::contract::{exercise, Subject};
 use herald::broker::engine::redis::{RedisEngine, RedisOptions, RedisTarget};
 use herald::broker::engine::{Engine, Retention};
 
-use common::redis::RedisServer;
+use common::redis::{RedisServer, Sentinel};
 use common::*;
 use serde_json::Value;
 
@@ -276,4 +276,361 @@ async fn presence_is_one_across_nodes_and_a_dead_nodes_members_leave() {
     let joins = text.matches("event: join").count();
     assert_eq!(joins, 2, "alice and carol joined once each: {text:?}");
     assert_eq!(presence(&a, "room").await["count"], 1);
+}
+
+/// Publishes `n` events to `stream` one after another, each with its own idempotency key,
+/// retrying each (same key) until it is acknowledged — as a careful publisher does through an
+/// outage. Returns the acknowledged ids in order. `after_each(i)` runs after event i's ack.
+async fn publish_through_outages(
+    url: String,
+    stream: &'static str,
+    n: usize,
+    acked_count: Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<u64> {
+    let mut acked = Vec::with_capacity(n);
+    for i in 0..n {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let response = client()
+                .post(format!("{url}/streams/{stream}"))
+                .header("Idempotency-Key", format!("{stream}-{i}"))
+                .body(format!("{stream}-{i}"))
+                .send()
+                .await;
+            if let Ok(response) = response {
+                if response.status() == 201 {
+                    let body: Value = response.json().await.expect("json");
+                    acked.push(id_of(&body["id"]));
+                    acked_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
+                let status = response.status().as_u16();
+                assert!(
+                    status == 503 || status == 500,
+                    "only an outage may refuse a publish, got {status}"
+                );
+                if status == 503 {
+                    assert!(response.headers().contains_key("retry-after"));
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "event {i} not acknowledged within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    acked
+}
+
+/// Every event of `stream` in history, as (id, data).
+async fn history(server: &Server, stream: &str) -> Vec<(u64, String)> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = get_json(
+            server,
+            &format!("/streams/{stream}/events?after={after}&limit=1000"),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let events = page["events"].as_array().expect("events").clone();
+        if events.is_empty() {
+            return all;
+        }
+        for e in events {
+            after = id_of(&e["id"]);
+            all.push((after, e["data"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+}
+
+async fn wait_count(count: &std::sync::atomic::AtomicUsize, at_least: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count.load(std::sync::atomic::Ordering::SeqCst) < at_least {
+        assert!(std::time::Instant::now() < deadline, "publishing stalled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks that history holds exactly the acknowledged events, each once, in publish order.
+fn exactly_the_acknowledged(history: &[(u64, String)], acked: &[u64], stream: &str) {
+    let ids: Vec<u64> = history.iter().map(|(id, _)| *id).collect();
+    assert!(strictly_rising(&ids), "history ids rise strictly");
+    assert!(
+        strictly_rising(acked),
+        "acknowledged ids rise with publish order"
+    );
+    assert_eq!(ids, acked, "history is exactly the acknowledged events");
+    for (i, (_, data)) in history.iter().enumerate() {
+        assert_eq!(data, &format!("{stream}-{i}"), "each event once, in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_is_a_quick_503_while_subscribers_keep_their_heartbeats() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--heartbeat", "0.5"]);
+    let sub = RawSse::open(&a, "stream=s", None).await;
+    let before = publish(&a, "s", "before").await;
+    sub.wait_for(&format!("id: {before}")).await;
+
+    redis.pause();
+    let started = std::time::Instant::now();
+    let refused = client()
+        .post(a.at("/streams/s"))
+        .header("Idempotency-Key", "during")
+        .body("during")
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    let took = started.elapsed();
+    assert_eq!(refused.status(), 503);
+    assert!(took < Duration::from_secs(5), "503 after {took:?}");
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.expect("json error");
+    assert!(body["error"].as_str().unwrap().contains("Redis"), "{body}");
+    let started = std::time::Instant::now();
+    let (status, _) = get_json(&a, "/streams/s/events").await;
+    assert_eq!(status, 503, "history reads too");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    eventually("/healthz says 503", Duration::from_secs(5), || async {
+        client()
+            .get(a.at("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
+    })
+    .await;
+    let beats = sub.text().matches(": heartbeat").count();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        sub.text().matches(": heartbeat").count() > beats,
+        "heartbeats go on while Redis is away"
+    );
+
+    redis.resume();
+    eventually("/healthz is 200 again", Duration::from_secs(10), || async {
+        client()
+            .get(a.at("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    // The retry of the refused publish, with its key: stored once, whether the first attempt
+    // got through in the end or not.
+    let (status, during, _) = post(&a, "s", "during", Some("during")).await;
+    assert_eq!(status, 201);
+    let after = publish(&a, "s", "after").await;
+    let text = sub.wait_for(&format!("id: {after}")).await;
+    let datas: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(datas, ["before", "during", "after"], "{text:?}");
+    assert!(during.unwrap() > before && after > during.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_from_its_aof_loses_nothing_acknowledged() {
+    let mut redis = RedisServer::start(); // appendfsync always
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut on_b = subscribe(&b, "stream=k", Some(0)).await;
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = tokio::spawn(publish_through_outages(
+        a.url.clone(),
+        "k",
+        150,
+        count.clone(),
+    ));
+    wait_count(&count, 40).await;
+    redis.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    let acked = publisher.await.expect("publisher");
+
+    exactly_the_acknowledged(&history(&b, "k").await, &acked, "k");
+    let delivered = take(&mut on_b, 150).await;
+    assert_eq!(
+        ids(&delivered),
+        acked,
+        "the open subscriber got every event, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_nothing_it_acknowledged() {
+    let redis = RedisServer::start();
+    let mut a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let url = a.url.clone();
+    let publisher = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0.. {
+            let sent = client()
+                .post(format!("{url}/streams/n"))
+                .body(format!("n-{i}"))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == 201 => {
+                    let body: Value = r.json().await.expect("json");
+                    acked.push(id_of(&body["id"]));
+                }
+                _ => return acked,
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill9();
+    let acked = publisher.await.expect("publisher");
+    assert!(acked.len() > 5, "some were acknowledged first");
+    let stored: Vec<u64> = history(&b, "n").await.iter().map(|(id, _)| *id).collect();
+    assert!(
+        acked.iter().all(|id| stored.contains(id)),
+        "every acknowledged event is in history"
+    );
+    assert!(
+        stored.len() <= acked.len() + 1,
+        "at most the one in flight beyond"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_under_load_loses_no_acknowledged_event_and_reuses_no_id() {
+    let mut primary = RedisServer::start();
+    let replicas = [
+        RedisServer::replica_of(&primary),
+        RedisServer::replica_of(&primary),
+    ];
+    for replica in &replicas {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(std::time::Instant::now() < deadline, "replica never synced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let sentinels: Vec<Sentinel> = (0..3)
+        .map(|_| Sentinel::start(&primary, "herald", 2))
+        .collect();
+    let addresses: Vec<String> = sentinels.iter().map(Sentinel::address).collect();
+    let addresses = addresses.join(",");
+    let flags = [
+        "--redis-sentinel",
+        addresses.as_str(),
+        "--redis-master",
+        "herald",
+        "--redis-replicas",
+        "1",
+    ];
+    let a = Server::start(&flags);
+    let b = Server::start(&flags);
+    let mut on_b = subscribe(&b, "stream=f", Some(0)).await;
+
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = tokio::spawn(publish_through_outages(
+        a.url.clone(),
+        "f",
+        120,
+        count.clone(),
+    ));
+    wait_count(&count, 40).await;
+    let old = primary.port;
+    primary.kill9();
+    let acked = publisher.await.expect("publisher");
+    let now = sentinels[0].primary_port("herald");
+    assert!(
+        now.is_some_and(|p| p != old),
+        "the Sentinels elected a new primary"
+    );
+
+    exactly_the_acknowledged(&history(&b, "f").await, &acked, "f");
+    let delivered = take(&mut on_b, 120).await;
+    assert_eq!(
+        ids(&delivered),
+        acked,
+        "the open subscriber got every event, in order"
+    );
+}
+
+/// `herald relay redis://… --key <key> --to <stream> --url <herald>`, killed when dropped.
+struct Relay(std::process::Child);
+
+impl Relay {
+    fn start(redis: &RedisServer, key: &str, herald: &Server) -> Relay {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["relay", &redis.url(), "--key", key, "--to", key])
+            .args(["--url", &herald.url, "--backoff", "0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the relay");
+        Relay(child)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL: no goodbye
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_imports_an_apps_redis_stream_exactly_once_across_its_restarts() {
+    let app_redis = RedisServer::start();
+    let herald = Server::start(&[]);
+    let xadd = |i: usize| {
+        let data = format!("{{\"n\":{i}}}");
+        let added = app_redis.cli(&["XADD", "orders", "*", "v", &data]);
+        assert!(added.contains('-'), "XADD answered {added:?}");
+    };
+    let datas = |history: Vec<(u64, String)>| -> Vec<String> {
+        history.into_iter().map(|(_, d)| d).collect()
+    };
+    let expected = |n: usize| -> Vec<String> { (0..n).map(|i| format!("{{\"n\":{i}}}")).collect() };
+
+    for i in 0..5 {
+        xadd(i);
+    }
+    let relay = Relay::start(&app_redis, "orders", &herald);
+    eventually(
+        "the first five imported",
+        Duration::from_secs(20),
+        || async { history(&herald, "orders").await.len() == 5 },
+    )
+    .await;
+    // Live: an entry added now reaches a subscriber.
+    let mut live = subscribe(&herald, "stream=orders", None).await;
+    xadd(5);
+    let got = take(&mut live, 1).await;
+    assert_eq!(got[0].data, "{\"n\":5}");
+
+    drop(relay); // kill -9
+    for i in 6..12 {
+        xadd(i);
+    }
+    app_redis.cli(&["XADD", "orders", "*", "other", "no v field here"]);
+    xadd(12);
+    let _again = Relay::start(&app_redis, "orders", &herald);
+    eventually("every entry imported", Duration::from_secs(20), || async {
+        history(&herald, "orders").await.len() >= 13
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        datas(history(&herald, "orders").await),
+        expected(13),
+        "each entry once, in order; the one without the field skipped"
+    );
 }

@@ -26,6 +26,7 @@ const RETRY_MOST: Duration = Duration::from_secs(2);
 pub(crate) async fn run(shared: Weak<Shared>, from: Position) {
     let mut at = from;
     let mut retry = RETRY_FIRST;
+    let mut failing = false;
     loop {
         let Some(mut tail) = shared.upgrade().map(|s| s.engine.tail(at)) else {
             return;
@@ -37,6 +38,9 @@ pub(crate) async fn run(shared: Weak<Shared>, from: Position) {
                         return;
                     };
                     retry = RETRY_FIRST;
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(position = %at, "the engine's tail is back");
+                    }
                     for record in records {
                         if record.position > at {
                             at = record.position;
@@ -46,7 +50,12 @@ pub(crate) async fn run(shared: Weak<Shared>, from: Position) {
                     shared.visible_changed.notify_waiters();
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, position = %at, "the engine's tail failed; reopening it");
+                    // Once per outage: a store away for a minute is not a thousand lines.
+                    if std::mem::replace(&mut failing, true) {
+                        tracing::debug!(error = %e, position = %at, "the engine's tail failed again");
+                    } else {
+                        tracing::warn!(error = %e, position = %at, "the engine's tail failed; reopening it until it is back");
+                    }
                     break;
                 }
                 None => return, // the engine closed

@@ -166,6 +166,8 @@ pub(crate) struct Inner {
     /// The highest position this node has seen committed: the fence of its next commit.
     seen: Mutex<Position>,
     closed: watch::Sender<bool>,
+    /// This node's name in Redis (for the keys that say how far each node has read).
+    node: String,
 }
 
 impl Inner {
@@ -555,6 +557,7 @@ impl RedisEngine {
             options,
             seen: Mutex::new(Position::default()),
             closed: watch::channel(false).0,
+            node: uuid::Uuid::new_v4().to_string(),
         });
         inner.check_server().await?;
         inner.head().await?;

@@ -93,9 +93,52 @@ async fn read_on(
             at = position;
         }
         inner.saw(at);
+        if inner.options.replicas > 0 {
+            replicated(inner, &mut connection, at).await?;
+        }
         if sender.send(Ok(records)).await.is_err() {
             return Ok(()); // the reader is gone
         }
+    }
+}
+
+/// Waits until the configured number of replicas hold everything read so far, so this node
+/// delivers nothing a failover could still take back (the publisher of such an event got a
+/// `503`, and its retry may be stored again under a new id). `WAIT` counts a connection's own
+/// writes, so the tail first writes where it stands (one small key per node, which also shows
+/// an operator how far each node has read).
+async fn replicated(
+    inner: &Inner,
+    connection: &mut redis::aio::MultiplexedConnection,
+    at: Position,
+) -> Result<(), EngineError> {
+    let wanted = inner.options.replicas;
+    let wait = inner.link.timeout() / 2;
+    let key = format!("{}tail:{}", inner.keys.base, inner.node);
+    loop {
+        let acked: usize = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(at.to_string())
+            .arg("PX")
+            .arg(60_000)
+            .ignore()
+            .cmd("WAIT")
+            .arg(wanted)
+            .arg(wait.as_millis() as u64)
+            .query_async::<(usize,)>(connection)
+            .await
+            .map(|(acked,)| acked)
+            .map_err(|e| {
+                EngineError::unavailable(format!(
+                    "waiting for Redis replicas ({}) failed: {e}",
+                    inner.link.target()
+                ))
+            })?;
+        if acked >= wanted || inner.is_closed() {
+            return Ok(());
+        }
+        tracing::debug!(acked, wanted, %at, "holding back records until replicas have them");
     }
 }
 

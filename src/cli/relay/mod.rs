@@ -1,6 +1,7 @@
 //! `herald relay <upstream> --to <stream>`: a robust SSE client of any upstream — a Mastodon
 //! streaming API, another herald, anything that speaks `text/event-stream` — that republishes
-//! the chosen event types into a herald stream. The seed talk did this with a Django management
+//! the chosen event types into a herald stream. With a `redis://` upstream it imports a Redis
+//! stream instead ([`redis`]): the entries an app `XADD`s. The seed talk did this with a Django management
 //! command and Redis; here it is one process with no state of its own.
 //!
 //! Exactly once, across drops and the relay's own restarts: each relayed event is published in
@@ -9,6 +10,8 @@
 //! `Last-Event-ID`; recently relayed ids are remembered, so an upstream that resends its last
 //! event is not relayed twice; and when a publish fails without an answer (did it land?), the
 //! state stream is asked before trying again.
+
+mod redis;
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -26,8 +29,22 @@ use crate::broker::event::StreamName;
 
 #[derive(Debug, Clone, Args)]
 pub struct RelayArgs {
-    /// The upstream SSE URL, e.g. https://mastodon.social/api/v1/streaming/public
+    /// The upstream SSE URL, e.g. https://mastodon.social/api/v1/streaming/public — or a
+    /// Redis, `redis://[user:password@]host:port[/db]`, whose stream --key to import.
     pub upstream: String,
+
+    /// With a Redis upstream: the Redis stream key the app `XADD`s to.
+    #[arg(long, value_name = "REDIS_KEY")]
+    pub key: Option<String>,
+
+    /// With a Redis upstream: the entry field whose value is the event's data.
+    #[arg(long, default_value = "v", value_name = "NAME")]
+    pub field: String,
+
+    /// With a Redis upstream, on its first start (no position kept yet): import from after
+    /// this entry id; `0` imports every entry the key holds, `$` only new ones.
+    #[arg(long, default_value = "0", value_name = "ENTRY_ID")]
+    pub from: String,
 
     /// The herald stream to publish into.
     #[arg(long)]
@@ -95,33 +112,20 @@ impl Position {
 }
 
 pub async fn run(args: RelayArgs) -> Result<(), CliError> {
-    let headers = parse_headers(&args.headers)?;
-    StreamName::new(&args.to).map_err(|e| CliError::Input(format!("--to: {}", e.0)))?;
-    let state_stream = args
-        .state_stream
-        .clone()
-        .unwrap_or_else(|| format!("relay-state.{}", args.to));
-    StreamName::new(&state_stream).map_err(|e| {
-        CliError::Input(format!(
-            "state stream {state_stream:?}: {}; name one with --state-stream",
-            e.0
-        ))
-    })?;
-    let valid = |secs: f64| secs.is_finite() && secs > 0.0 && secs < 1e6;
-    if !valid(args.backoff) || !valid(args.max_backoff) {
+    if args.upstream.starts_with("redis://") || args.upstream.starts_with("rediss://") {
+        return redis::run(args).await;
+    }
+    if args.key.is_some() {
         return Err(CliError::Input(
-            "--backoff and --max-backoff must be positive numbers of seconds".into(),
+            "--key names a Redis stream: the upstream must then be a redis:// URL".into(),
         ));
     }
-    let client = http_client()?;
-    let mut position = load_position(&client, &args.target, state_stream).await?;
+    let headers = parse_headers(&args.headers)?;
+    let (client, mut position) = start(&args).await?;
     if let Some(id) = &position.last_id {
         eprintln!("herald relay: resuming after upstream id {id}");
     }
-    let mut backoff = Backoff::new(
-        Duration::from_secs_f64(args.backoff),
-        Duration::from_secs_f64(args.max_backoff),
-    );
+    let mut backoff = backoff_of(&args);
     loop {
         let mut request = client
             .get(&args.upstream)
@@ -168,6 +172,37 @@ pub async fn run(args: RelayArgs) -> Result<(), CliError> {
             return Ok(());
         }
     }
+}
+
+/// Checks what both kinds of relay share, and reads the position back from herald.
+async fn start(args: &RelayArgs) -> Result<(reqwest::Client, Position), CliError> {
+    StreamName::new(&args.to).map_err(|e| CliError::Input(format!("--to: {}", e.0)))?;
+    let state_stream = args
+        .state_stream
+        .clone()
+        .unwrap_or_else(|| format!("relay-state.{}", args.to));
+    StreamName::new(&state_stream).map_err(|e| {
+        CliError::Input(format!(
+            "state stream {state_stream:?}: {}; name one with --state-stream",
+            e.0
+        ))
+    })?;
+    let valid = |secs: f64| secs.is_finite() && secs > 0.0 && secs < 1e6;
+    if !valid(args.backoff) || !valid(args.max_backoff) {
+        return Err(CliError::Input(
+            "--backoff and --max-backoff must be positive numbers of seconds".into(),
+        ));
+    }
+    let client = http_client()?;
+    let position = load_position(&client, &args.target, state_stream).await?;
+    Ok((client, position))
+}
+
+fn backoff_of(args: &RelayArgs) -> Backoff {
+    Backoff::new(
+        Duration::from_secs_f64(args.backoff),
+        Duration::from_secs_f64(args.max_backoff),
+    )
 }
 
 fn is_event_stream(response: &reqwest::Response) -> bool {
@@ -272,7 +307,10 @@ async fn relay_response(
             }
         }
         match publish(client, args, position, &event, id.as_deref(), backoff).await? {
-            Published::Done(herald_id) => {
+            Published::Done(herald_ids) => {
+                let herald_id = herald_ids
+                    .first()
+                    .map_or("(stored before the connection failed)", String::as_str);
                 println!(
                     "relayed {} {} as {herald_id}",
                     event.event,
@@ -301,8 +339,8 @@ fn data_id(data: &str) -> Option<String> {
 }
 
 enum Published {
-    /// The herald id of the relayed event.
-    Done(String),
+    /// The herald ids of what was relayed (none when only the state stream told it landed).
+    Done(Vec<String>),
     /// herald refused this one event for good (too large, say); the relay goes on.
     Skipped(String),
     Stopped,
@@ -324,24 +362,60 @@ async fn publish(
     }
     let mut batch = vec![item];
     if let Some(id) = upstream_id {
-        let state = json!({"upstream": args.upstream, "last_id": id}).to_string();
-        batch.push(json!({"stream": position.state_stream, "data": state}));
+        batch.push(state_item(args, position, id));
     }
+    send(client, args, position, &batch, None, upstream_id, backoff).await
+}
+
+/// The batch item that moves the relay's position to `id`, in the same atomic batch as what it
+/// relays.
+fn state_item(args: &RelayArgs, position: &Position, id: &str) -> Value {
+    let state = json!({"upstream": redacted(&args.upstream), "last_id": id}).to_string();
+    json!({"stream": position.state_stream, "data": state})
+}
+
+/// A URL with its password replaced, to keep in herald or show.
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Sends one batch (with an `Idempotency-Key`, when given) until herald has it. After a failure
+/// with no answer, the state stream says whether it landed (when the batch moves the position
+/// to `upstream_id`).
+async fn send(
+    client: &reqwest::Client,
+    args: &RelayArgs,
+    position: &Position,
+    batch: &[Value],
+    key: Option<&str>,
+    upstream_id: Option<&str>,
+    backoff: &mut Backoff,
+) -> Result<Published, CliError> {
     let url = args.target.at("/publish");
     let mut retry = backoff.clone();
     retry.reset();
     loop {
-        let sent = args
-            .target
-            .authorize(client.post(&url))
-            .json(&batch)
-            .send()
-            .await;
+        let mut request = args.target.authorize(client.post(&url)).json(&batch);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let sent = request.send().await;
         let failure = match sent {
             Ok(response) if response.status().is_success() => {
                 let body: Value = response.json().await.unwrap_or_default();
-                let id = body["ids"][0].as_str().unwrap_or("?").to_owned();
-                return Ok(Published::Done(id));
+                let ids = body["ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| id.as_str().map(str::to_owned))
+                    .collect();
+                return Ok(Published::Done(ids));
             }
             Ok(response) => {
                 let refused = refusal(response).await;
@@ -362,9 +436,7 @@ async fn publish(
                 let failure = unreachable(&url, e).to_string();
                 if let Some(id) = upstream_id {
                     if stored_position(client, args, position).await.as_deref() == Some(id) {
-                        return Ok(Published::Done(
-                            "(stored before the connection failed)".into(),
-                        ));
+                        return Ok(Published::Done(Vec::new()));
                     }
                 }
                 failure
