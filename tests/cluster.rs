@@ -404,6 +404,19 @@ async fn a_stopped_redis_is_a_quick_503_while_subscribers_keep_their_heartbeats(
             == 503
     })
     .await;
+    // A new subscriber meanwhile: an EventSource is told to come back, anything else gets 503.
+    let browser = client()
+        .get(a.at("/sse?stream=s"))
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(browser.status(), 200);
+    let body = browser.text().await.expect("an ended body");
+    assert!(body.contains("retry: "), "{body:?}");
+    let plain = client().get(a.at("/sse?stream=s")).send().await.unwrap();
+    assert_eq!(plain.status(), 503);
+    assert!(plain.headers().contains_key("retry-after"));
     let beats = sub.text().matches(": heartbeat").count();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
@@ -633,4 +646,33 @@ async fn the_relay_imports_an_apps_redis_stream_exactly_once_across_its_restarts
         expected(13),
         "each entry once, in order; the one without the field skipped"
     );
+}
+
+#[test]
+fn a_misconfigured_redis_is_one_clear_line_at_start_up() {
+    let locked = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let cluster = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let wrong = format!("redis://:wrong@127.0.0.1:{}", locked.port);
+    for (url, expected) in [
+        (locked.url(), "refused herald's credentials"),
+        (wrong, "refused herald's credentials"),
+        (cluster.url(), "is a Redis Cluster"),
+        (nowhere, "cannot be reached"),
+        ("not a url".to_owned(), "is not a Redis URL"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--redis", &url])
+            .env("RUST_LOG", "herald=warn")
+            .output()
+            .expect("run herald");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        assert!(first.contains(expected), "{url}: {first:?}");
+        assert!(
+            !first.contains("s3cret") && !first.contains("wrong"),
+            "no password shown: {first}"
+        );
+    }
 }

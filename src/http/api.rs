@@ -105,17 +105,28 @@ impl Api {
         peer: Option<SocketAddr>,
         accept: Option<&str>,
     ) -> Result<limits::Slot, Box<Response>> {
-        self.limits.acquire(peer.map(|p| p.ip())).map_err(|full| {
-            self.metrics.turned_away.inc();
-            // Debug only: under a flood this would be a line per attempt.
-            tracing::debug!(?peer, ?full, "subscriber turned away");
-            let event_stream = accept.is_some_and(|a| a.contains("text/event-stream"));
-            Box::new(limits::turned_away(
-                full,
-                event_stream,
-                self.options.shutdown_retry_window,
-            ))
-        })
+        self.limits
+            .acquire(peer.map(|p| p.ip()))
+            .map_err(|full| self.turn_away(full, peer, accept))
+    }
+
+    /// The polite "come back later" of [`limits::turned_away`], counted in the metrics: for a
+    /// subscriber beyond the caps, or one that arrives while the event store is away.
+    pub(super) fn turn_away(
+        &self,
+        why: limits::Full,
+        peer: Option<SocketAddr>,
+        accept: Option<&str>,
+    ) -> Box<Response> {
+        self.metrics.turned_away.inc();
+        // Debug only: under a flood this would be a line per attempt.
+        tracing::debug!(?peer, ?why, "subscriber turned away");
+        let event_stream = accept.is_some_and(|a| a.contains("text/event-stream"));
+        Box::new(limits::turned_away(
+            why,
+            event_stream,
+            self.options.shutdown_retry_window,
+        ))
     }
 }
 

@@ -31,6 +31,8 @@ pub struct ConnectionLimits {
 pub enum Full {
     Server(usize),
     Address(usize),
+    /// Not a cap: the shared event store cannot be reached now.
+    StoreAway,
 }
 
 /// One open subscription's place; given back when dropped.
@@ -107,6 +109,10 @@ pub fn turned_away(full: Full, accepts_event_stream: bool, retry_window: Duratio
         Full::Address(max) => (
             StatusCode::TOO_MANY_REQUESTS,
             format!("this address already has {max} subscriptions open; close some first"),
+        ),
+        Full::StoreAway => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "herald cannot reach its event store right now; try again later".to_owned(),
         ),
     };
     if accepts_event_stream {

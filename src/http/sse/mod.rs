@@ -37,6 +37,7 @@ use self::request::parse_request;
 use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
 use super::listener::RequestId;
+use crate::broker::BrokerError;
 use crate::http::api::Api;
 use crate::http::request::{peer_addr, raw_query, with_api};
 
@@ -95,9 +96,16 @@ async fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
     }
     let client = access.presence_id(&grant, request.client)?;
     let subscription = api.broker.subscribe(request.streams, request.start);
-    if subscription.is_finished().await? {
+    match subscription.is_finished().await {
         // Only sealed streams, nothing left to send: the one answer that makes EventSource stop.
-        return Ok(StatusCode::NO_CONTENT.into_response());
+        Ok(true) => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => {}
+        // Any other non-200 would make EventSource give up for good.
+        Err(BrokerError::Unavailable(_)) => {
+            let why = crate::http::limits::Full::StoreAway;
+            return Ok(*api.turn_away(why, arrived.peer, arrived.accept.as_deref()));
+        }
+        Err(e) => return Err(e.into()),
     }
     let slot = match api.subscription_slot(arrived.peer, arrived.accept.as_deref()) {
         Ok(slot) => slot,

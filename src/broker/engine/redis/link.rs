@@ -200,6 +200,16 @@ impl Link {
     }
 
     fn failed(&self, e: &RedisError) -> EngineError {
+        if matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+            || e.kind() == redis::ErrorKind::AuthenticationFailed
+        {
+            self.forget();
+            return EngineError::unavailable(format!(
+                "Redis ({}) refused herald's credentials ({e}); give them in the URL: \
+                 redis://user:password@host:port",
+                self.target
+            ));
+        }
         if is_unreachable(e) {
             self.forget();
             EngineError::unavailable(format!("Redis ({}) cannot be reached: {e}", self.target))
@@ -235,7 +245,6 @@ pub(crate) fn is_unreachable(e: &RedisError) -> bool {
             e.kind(),
             redis::ErrorKind::MasterNameNotFoundBySentinel
                 | redis::ErrorKind::EmptySentinelList
-                | redis::ErrorKind::AuthenticationFailed
                 | redis::ErrorKind::Io
         )
 }
