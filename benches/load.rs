@@ -57,9 +57,14 @@ enum Mode {
         seconds: u64,
         #[arg(long, default_value_t = 100)]
         size: usize,
-        /// Server process whose CPU time to report (from /proc/PID/stat).
+        /// Server processes whose CPU time to report (from /proc/PID/stat); repeatable, e.g.
+        /// each herald node and Redis.
         #[arg(long)]
-        server_pid: Option<u32>,
+        server_pid: Vec<u32>,
+        /// Herald base URLs the subscribers are spread over, round robin (repeatable; default:
+        /// --url). The publisher always posts to --url: several nodes over one Redis.
+        #[arg(long)]
+        subscribe_at: Vec<String>,
     },
     /// S idle SSE streams over HTTP/2 (TLS), `--streams-per-connection` of them sharing each
     /// connection as a browser's `EventSource`s do: server RSS per stream, then one event
@@ -243,6 +248,12 @@ async fn publish_mode(target: Target, url: String, connections: usize, seconds: 
     );
 }
 
+/// Where the subscribers of a latency run connect, and whose CPU time to report.
+struct Nodes {
+    server_pids: Vec<u32>,
+    subscribe_at: Vec<String>,
+}
+
 async fn latency_mode(
     target: Target,
     url: String,
@@ -250,13 +261,22 @@ async fn latency_mode(
     rate: u64,
     seconds: u64,
     size: usize,
-    server_pid: Option<u32>,
+    nodes: Nodes,
 ) {
+    let Nodes {
+        server_pids,
+        subscribe_at,
+    } = nodes;
     let stream = format!("lat{}", micros_now() % 1_000_000);
     let mut readers = Vec::new();
-    for _ in 0..subscribers {
+    let bases = if subscribe_at.is_empty() {
+        vec![url.clone()]
+    } else {
+        subscribe_at
+    };
+    for i in 0..subscribers {
         let response = reqwest::Client::new()
-            .get(subscribe_url(target, &url, &stream))
+            .get(subscribe_url(target, &bases[i % bases.len()], &stream))
             .header("Accept", "text/event-stream")
             .send()
             .await
@@ -281,7 +301,7 @@ async fn latency_mode(
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu_before = server_pid.and_then(cpu_ms);
+    let cpu_before: Vec<Option<f64>> = server_pids.iter().map(|p| cpu_ms(*p)).collect();
     let client = reqwest::Client::new();
     let publish = publish_url(target, &url, &stream);
     let padding = "x".repeat(size.saturating_sub(21));
@@ -293,7 +313,7 @@ async fn latency_mode(
         let _ = client.post(&publish).body(data).send().await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu_after = server_pid.and_then(cpu_ms);
+    let cpu_after: Vec<Option<f64>> = server_pids.iter().map(|p| cpu_ms(*p)).collect();
     let _ = client.post(&publish).body("end").send().await;
     let mut all = Vec::new();
     for reader in readers {
@@ -311,12 +331,14 @@ async fn latency_mode(
         percentile(&all, 99.0) as f64 / 1000.0,
         percentile(&all, 99.9) as f64 / 1000.0,
     );
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        println!(
-            "server cpu: {:.0} ms in all, {:.2} ms per 1,000 deliveries",
-            after - before,
-            (after - before) / (deliveries / 1000.0)
-        );
+    for (pid, (before, after)) in server_pids.iter().zip(cpu_before.iter().zip(&cpu_after)) {
+        if let (Some(before), Some(after)) = (before, after) {
+            println!(
+                "server cpu (pid {pid}): {:.0} ms in all, {:.2} ms per 1,000 deliveries (of all)",
+                after - before,
+                (after - before) / (deliveries / 1000.0)
+            );
+        }
     }
 }
 
@@ -915,7 +937,22 @@ fn main() {
                 seconds,
                 size,
                 server_pid,
-            } => latency_mode(target, url, subscribers, rate, seconds, size, server_pid).await,
+                subscribe_at,
+            } => {
+                latency_mode(
+                    target,
+                    url,
+                    subscribers,
+                    rate,
+                    seconds,
+                    size,
+                    Nodes {
+                        server_pids: server_pid,
+                        subscribe_at,
+                    },
+                )
+                .await
+            }
             Mode::Idle {
                 target,
                 url,

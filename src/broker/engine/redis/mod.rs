@@ -20,6 +20,7 @@
 //! position its node has seen), so they are never handed out twice, not even by a replica that
 //! became primary without the last writes.
 
+mod hot;
 mod link;
 mod presence;
 mod tail;
@@ -168,6 +169,8 @@ pub(crate) struct Inner {
     closed: watch::Sender<bool>,
     /// This node's name in Redis (for the keys that say how far each node has read).
     node: String,
+    /// The newest records read from the log, for catch-up reads without a round trip.
+    hot: hot::Hot,
 }
 
 impl Inner {
@@ -358,6 +361,12 @@ impl Inner {
     ) -> Result<Vec<Event>, EngineError> {
         if upto <= after || limit == 0 {
             return Ok(Vec::new());
+        }
+        // Only while Redis answers: what the node holds may miss a delete it cannot see now.
+        if self.link.is_reachable() {
+            if let Some(events) = self.hot.read(stream, after, upto, limit) {
+                return Ok(events);
+            }
         }
         let key = self.keys.events(stream);
         let entries: Value = self
@@ -558,6 +567,7 @@ impl RedisEngine {
             seen: Mutex::new(Position::default()),
             closed: watch::channel(false).0,
             node: uuid::Uuid::new_v4().to_string(),
+            hot: hot::Hot::new(),
         });
         inner.check_server().await?;
         inner.head().await?;

@@ -68,6 +68,11 @@ async fn read_on(
             continue; // nothing new within BLOCK
         };
         let log = entries(log)?;
+        let follows = log
+            .first()
+            .and_then(|e| e.field("p"))
+            .and_then(parse_position)
+            .unwrap_or(at);
         let mut records = Vec::with_capacity(log.len() + 1);
         for entry in log {
             let position = entry.position;
@@ -96,6 +101,7 @@ async fn read_on(
         if inner.options.replicas > 0 {
             replicated(inner, &mut connection, at).await?;
         }
+        inner.hot.feed(follows, &records);
         if sender.send(Ok(records)).await.is_err() {
             return Ok(()); // the reader is gone
         }
