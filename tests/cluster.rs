@@ -229,6 +229,9 @@ async fn a_retry_with_the_same_key_on_another_node_stores_nothing() {
     let b = node(&redis, &[]);
     let (status, first, replayed) = post(&a, "orders", "order 1", Some("order-1")).await;
     assert_eq!((status, replayed), (201, false));
+    // Read back at once from the other node, by id: committed is readable everywhere.
+    let (status, event) = get_json(&b, &format!("/streams/orders/events/{}", first.unwrap())).await;
+    assert_eq!((status, event["data"].as_str()), (200, Some("order 1")));
     let (status, again, replayed) = post(&b, "orders", "order 1", Some("order-1")).await;
     assert_eq!((status, again, replayed), (201, first, true));
     let (_, page) = get_json(&b, "/streams/orders/events").await;
@@ -256,6 +259,17 @@ async fn presence_is_one_across_nodes_and_a_dead_nodes_members_leave() {
     )
     .await;
     assert_eq!(presence(&b, "room").await["count"], 1);
+    let (_, listing) = get_json(&b, "/streams").await;
+    let room = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "room");
+    assert_eq!(
+        room.map(|r| r["online"].clone()),
+        Some(1.into()),
+        "{listing}"
+    );
 
     // A reload on the other node is neither a leave nor a join.
     drop(alice_a);

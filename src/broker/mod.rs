@@ -370,9 +370,9 @@ impl Broker {
         stream: &StreamName,
         id: EventId,
     ) -> Result<Option<Event>, BrokerError> {
-        if id > self.last_visible_id() {
-            return Ok(None);
-        }
+        // Asked of the engine even above this node's watermark: an id another node just
+        // acknowledged is committed, and its publisher may read it here a moment before this
+        // node's tailer has passed it.
         self.shared.engine.get(stream, id).await
     }
 
@@ -399,11 +399,14 @@ impl Broker {
                 page.insert(name, state);
             }
         }
-        let mut infos = Vec::with_capacity(page.len().min(query.limit));
-        for (name, state) in page.into_iter().take(query.limit) {
-            infos.push(self.info(name, state).await?);
-        }
-        Ok(infos)
+        let page: Vec<(StreamName, StreamState)> = page.into_iter().take(query.limit).collect();
+        let names: Vec<StreamName> = page.iter().map(|(name, _)| name.clone()).collect();
+        let online = self.presence.online_many(&names).await?;
+        Ok(page
+            .into_iter()
+            .zip(online)
+            .map(|((name, state), online)| self.info_with(name, state, online))
+            .collect())
     }
 
     /// Every stream [`Broker::streams`] would list, in one page (for the dashboard and
@@ -418,17 +421,22 @@ impl Broker {
     }
 
     async fn info(&self, name: StreamName, state: StreamState) -> Result<StreamInfo, BrokerError> {
+        let online = self.presence.online(&name).await?;
+        Ok(self.info_with(name, state, online))
+    }
+
+    fn info_with(&self, name: StreamName, state: StreamState, online: usize) -> StreamInfo {
         let stats = state.stats.unwrap_or_default();
-        Ok(StreamInfo {
+        StreamInfo {
             subscribers: self.shared.fanout.subscribers(&name),
             published: self.shared.published.get(&name).map_or(0, |n| *n),
-            online: self.presence.online(&name).await?,
+            online,
             sealed: state.settings.sealed,
             length: stats.length,
             first_id: (stats.length > 0).then_some(stats.first_id),
             last_id: (stats.last_id > EventId::ZERO).then_some(stats.last_id),
             name,
-        })
+        }
     }
 
     /// Events made visible on this node since start-up, all streams.

@@ -151,6 +151,22 @@ pub trait Presence: Send + Sync + 'static {
     /// How many clients are members of `stream`.
     fn online(&self, stream: &StreamName) -> BoxFuture<'_, Result<usize, EngineError>>;
 
+    /// How many clients are members of each of `streams`, in order: one call for a page of the
+    /// stream listing (a shared store answers it in one round trip).
+    fn online_many<'a>(
+        &'a self,
+        streams: &'a [StreamName],
+    ) -> BoxFuture<'a, Result<Vec<usize>, EngineError>> {
+        async move {
+            let mut counts = Vec::with_capacity(streams.len());
+            for stream in streams {
+                counts.push(self.online(stream).await?);
+            }
+            Ok(counts)
+        }
+        .boxed()
+    }
+
     /// Every later join and leave of `streams`, merged. A watcher that falls far behind skips to
     /// the newest (each change carries the current count, so the count is right again at once).
     fn watch(self: Arc<Self>, streams: &[StreamName]) -> PresenceWatch;

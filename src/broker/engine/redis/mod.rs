@@ -91,6 +91,7 @@ struct Scripts {
     stats: Script,
     lease: Script,
     presence: Script,
+    online: Script,
 }
 
 impl Scripts {
@@ -103,6 +104,7 @@ impl Scripts {
             stats: with_common(include_str!("stats.lua")),
             lease: Script::new(include_str!("lease.lua")),
             presence: Script::new(include_str!("presence.lua")),
+            online: Script::new(include_str!("online.lua")),
         }
     }
 }

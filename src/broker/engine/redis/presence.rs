@@ -184,6 +184,33 @@ impl Presence for RedisPresence {
         async move { self.run::<usize>(&stream, "count", &[]).await }.boxed()
     }
 
+    fn online_many<'a>(
+        &'a self,
+        streams: &'a [StreamName],
+    ) -> BoxFuture<'a, Result<Vec<usize>, EngineError>> {
+        async move {
+            let base = &self.inner.keys.base;
+            let mut counts = Vec::with_capacity(streams.len());
+            for page in streams.chunks(512) {
+                let mut call = self.inner.scripts.online.prepare_invoke();
+                for stream in page {
+                    call.key(format!("{base}p:{stream}"));
+                }
+                let page: Vec<usize> = self
+                    .inner
+                    .link
+                    .call(|mut c| async move { call.invoke_async(&mut c).await })
+                    .await?;
+                counts.extend(page);
+            }
+            if counts.len() != streams.len() {
+                return Err(unexpected("member counts of the wrong shape"));
+            }
+            Ok(counts)
+        }
+        .boxed()
+    }
+
     fn watch(self: Arc<Self>, streams: &[StreamName]) -> PresenceWatch {
         let mut changes = SelectAll::new();
         {
