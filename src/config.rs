@@ -13,6 +13,7 @@ use crate::broker::{BrokerOptions, Durability, Storage};
 use crate::cli::publish::PublishArgs;
 use crate::cli::relay::RelayArgs;
 use crate::cli::subscribe::SubscribeArgs;
+use crate::cli::token::TokenArgs;
 use crate::http::auth::{Access, StreamPattern};
 use crate::http::{HeartbeatStyle, HttpOptions};
 
@@ -37,8 +38,11 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print events of one or more streams as they arrive, resuming after drops.
     Subscribe(SubscribeArgs),
-    /// Republish events from any SSE source (a Mastodon streaming API, say) into a stream.
+    /// Republish events from any SSE source (a Mastodon streaming API, say), or a Redis stream
+    /// an app XADDs to, into a stream.
     Relay(RelayArgs),
+    /// Mint a JWT this herald accepts (signed with its --jwt-secret); prints it.
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Clone, Args)]

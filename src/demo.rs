@@ -1,4 +1,4 @@
-//! `herald --demo`: a built-in publisher for `/demo/timer`, the seed talk's first example — a
+//! `herald --demo`: a built-in publisher for `/demo/timer`, the simplest live page — a
 //! counter ticking every second — so a newcomer sees events flow before writing any code. It is
 //! an ordinary publisher (through the library's `Broker::publish`), nothing special-cased.
 

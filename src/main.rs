@@ -39,6 +39,12 @@ fn main() -> ExitCode {
         Some(Command::Publish(args)) => return client(herald::cli::publish::run(args)),
         Some(Command::Subscribe(args)) => return client(herald::cli::subscribe::run(args)),
         Some(Command::Relay(args)) => return client(herald::cli::relay::run(args)),
+        Some(Command::Token(args)) => {
+            return match herald::cli::token::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
     };
     let config = match args.into_config() {
         Ok(config) => config,

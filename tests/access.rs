@@ -444,3 +444,90 @@ fn an_open_publish_api_is_refused_on_a_public_address() {
     let (first, _) = run(&["--allow-public-publish"]);
     assert!(first.starts_with("herald listening"), "{first}");
 }
+
+/// `herald token …` with the secret in the environment, as an operator runs it.
+fn minted(secret: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("token")
+        .args(args)
+        .env("HERALD_JWT_SECRET", secret)
+        .output()
+        .expect("run herald token");
+    assert!(
+        out.status.success(),
+        "herald token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn herald_token_mints_what_herald_accepts_and_nothing_more() {
+    let server = Server::start(&["--jwt-secret", SECRET, "--private", "user:*"]);
+    let token = minted(
+        SECRET,
+        &[
+            "--sub",
+            "42",
+            "--subscribe",
+            "user:42",
+            "--publish",
+            "user:42",
+            "--ttl",
+            "60",
+        ],
+    );
+    let published = client()
+        .post(server.at("/streams/user:42"))
+        .bearer_auth(&token)
+        .body("for 42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), StatusCode::CREATED);
+    let elsewhere = client()
+        .post(server.at("/streams/user:43"))
+        .bearer_auth(&token)
+        .body("not for 42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::FORBIDDEN);
+
+    let reader = RawSse::open(
+        &server,
+        &format!("stream=user:42&last_id=0&token={token}"),
+        None,
+    )
+    .await;
+    assert_eq!(reader.status, 200);
+    reader.wait_for("data: for 42").await;
+    let members: Value = client()
+        .get(server.at("/streams/user:42/presence"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(members["clients"][0]["client"], "42", "sub is the member");
+    let other = client()
+        .get(server.at(&format!("/sse?stream=user:43&token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+
+    // Signed with another secret: not herald's.
+    let forged = minted(&"x".repeat(40), &["--subscribe", "user:42"]);
+    let refused = client()
+        .get(server.at(&format!("/sse?stream=user:42&token={forged}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+}

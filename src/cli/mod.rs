@@ -9,6 +9,7 @@
 pub mod publish;
 pub mod relay;
 pub mod subscribe;
+pub mod token;
 
 use std::time::Duration;
 

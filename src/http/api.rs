@@ -18,7 +18,7 @@ use crate::broker::Broker;
 pub enum HeartbeatStyle {
     /// `: heartbeat` — invisible to `EventSource` code.
     Comment,
-    /// `event: heartbeat` / `data: ping`, as in the seed talk, for clients that want to see it.
+    /// `event: heartbeat` / `data: ping`, for clients that want to see it.
     Event,
 }
 

@@ -1,8 +1,8 @@
 //! `herald relay <upstream> --to <stream>`: a robust SSE client of any upstream — a Mastodon
 //! streaming API, another herald, anything that speaks `text/event-stream` — that republishes
 //! the chosen event types into a herald stream. With a `redis://` upstream it imports a Redis
-//! stream instead ([`redis`]): the entries an app `XADD`s. The seed talk did this with a Django management
-//! command and Redis; here it is one process with no state of its own.
+//! stream instead ([`redis`]): the entries an app `XADD`s. Without herald this takes a Django
+//! management command and Redis; here it is one process with no state of its own.
 //!
 //! Exactly once, across drops and the relay's own restarts: each relayed event is published in
 //! one atomic batch together with the upstream position (its id) into a small state stream in

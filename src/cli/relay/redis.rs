@@ -1,5 +1,5 @@
 //! `herald relay redis://… --key <k> --to <stream>`: imports a Redis stream that an app
-//! `XADD`s to (the seed's app writes `XADD <key> * v <json>`), so the app keeps publishing as
+//! `XADD`s to (a Django app's `XADD <key> * v <json>`, say), so the app keeps publishing as
 //! it does and herald serves its browsers.
 //!
 //! Exactly once, across drops and restarts of the relay: each `XREAD` answer is published as

@@ -18,8 +18,7 @@ use crate::http::wire::{
     close_frame, come_back_later, envelope_frame, event_frame, gap_frame, presence_frame,
 };
 
-/// Logs one line when a connection opens and one when it goes, with what it received — the
-/// seed talk's per-connection log, kept.
+/// Logs one line when a connection opens and one when it goes, with what it received.
 struct ConnectionLog {
     id: String,
     streams: String,
