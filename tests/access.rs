@@ -192,7 +192,7 @@ async fn a_token_for_stream_a_fails_on_stream_b() {
         .unwrap();
     assert_eq!(batch.status(), 403);
     let body: Value = batch.json().await.unwrap();
-    assert!(error_of(&body).starts_with("event 1:"), "{body}");
+    assert!(error_of(&body).starts_with("event #2 (index 1):"), "{body}");
     assert_eq!(get(&server, "/streams/a", None).await.1["length"], 1);
     assert_eq!(get(&server, "/streams/b", None).await.1["length"], 0);
 

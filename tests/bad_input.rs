@@ -138,13 +138,13 @@ async fn bad_publishes_are_refused_and_nothing_is_stored_or_sent() {
     refused(
         post("/publish").json(&json!([good, {"stream": "bad name", "data": "x"}])),
         400,
-        "event 1: stream name",
+        "event #2 (index 1): stream name",
     )
     .await;
     refused(
         post("/publish").json(&json!([good, {"stream": "also-ok"}])),
         400,
-        "event 1: missing \"data\"",
+        "event #2 (index 1): missing \"data\"",
     )
     .await;
     refused(

@@ -258,7 +258,9 @@ async fn refusals_exit_non_zero_with_the_servers_reason_first() {
         "",
     );
     assert!(!nowhere.status.success());
-    assert!(first_stderr_line(&nowhere).contains("cannot reach"));
+    let line = first_stderr_line(&nowhere);
+    assert!(line.contains("cannot reach"), "{line}");
+    assert_eq!(line.matches("127.0.0.1").count(), 1, "the URL once: {line}");
 
     let flag = herald(&["subscribe"]).output().unwrap();
     assert!(!flag.status.success(), "a stream is required");

@@ -282,7 +282,11 @@ where
     }
     let mut events = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        let at = |e: ApiError| ApiError::new(e.status, format!("event {index}: {}", e.message));
+        // Counted from 1, as people count; the index is for code that looks it up.
+        let at = |e: ApiError| {
+            let message = format!("event #{} (index {index}): {}", index + 1, e.message);
+            ApiError::new(e.status, message)
+        };
         let Value::Object(object) = item else {
             return Err(at(ApiError::bad_request(
                 r#"must be an object like {"stream": "name", "data": "..."}"#,
