@@ -49,6 +49,10 @@ function row(name) {
 }
 
 function render(snapshot) {
+  // The first snapshot carries the last minute's rates: the sparklines start from them.
+  for (const [name, history] of Object.entries(snapshot.recent ?? {})) {
+    if (!rates.has(name)) rates.set(name, history.slice(-HISTORY));
+  }
   const seconds = previous ? Math.max(0.001, snapshot.uptime - previous.uptime) : 1;
   const before = new Map((previous?.streams ?? []).map((s) => [s.name, s.published]));
   $('stat-connections').textContent = snapshot.connections;
@@ -67,6 +71,15 @@ function render(snapshot) {
     rates.set(stream.name, history.slice(-HISTORY));
     const tr = row(stream.name);
     const cells = tr.children;
+    // A sealed stream takes no more events: say so next to its name.
+    let sealed = cells[0].querySelector('.sealed');
+    if (stream.sealed && !sealed) {
+      sealed = herald.el('span', { class: 'badge sealed', text: 'closed', title: 'sealed: it takes no more events' });
+      cells[0].append(sealed);
+    } else if (!stream.sealed && sealed) {
+      sealed.remove();
+    }
+    tr.classList.toggle('sealed', stream.sealed);
     cells[1].textContent = stream.length;
     cells[2].textContent = stream.last_id ?? '–';
     cells[3].textContent = stream.subscribers;

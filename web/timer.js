@@ -5,6 +5,7 @@ const count = document.getElementById('count');
 const state = document.getElementById('state');
 const source = new EventSource('/sse?stream=timer');
 source.onmessage = (e) => {
+  count.classList.remove('waiting');
   count.textContent = e.data;
   state.textContent = `last tick: id ${e.lastEventId}`;
 };

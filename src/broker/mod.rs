@@ -5,6 +5,7 @@
 //! [`tailer`] raises the visible watermark and hands it to the [`fanout`] channels; each
 //! [`Subscription`] reads those channels, or the engine's log when it is behind.
 
+pub mod activity;
 pub mod engine;
 pub mod event;
 pub mod fanout;
@@ -139,8 +140,8 @@ pub(crate) struct Shared {
     /// How often each stream was deleted since start-up; subscriptions notice a delete they
     /// missed on their live channel by comparing.
     pub deletions: DashMap<StreamName, u64>,
-    /// Events published to each stream since start-up.
-    pub published: DashMap<StreamName, u64>,
+    /// Events published to each stream since start-up, and per second lately.
+    pub published: DashMap<StreamName, activity::Activity>,
     pub metrics: metrics::BrokerMetrics,
 }
 
@@ -429,7 +430,7 @@ impl Broker {
         let stats = state.stats.unwrap_or_default();
         StreamInfo {
             subscribers: self.shared.fanout.subscribers(&name),
-            published: self.shared.published.get(&name).map_or(0, |n| *n),
+            published: self.shared.published.get(&name).map_or(0, |a| a.published),
             online,
             sealed: state.settings.sealed,
             length: stats.length,
@@ -437,6 +438,21 @@ impl Broker {
             last_id: (stats.last_id > EventId::ZERO).then_some(stats.last_id),
             name,
         }
+    }
+
+    /// Events made visible on this node per second over the last minute (oldest first, the
+    /// current second left out), for each of `streams`: the dashboard's sparklines.
+    pub fn recent_rates(&self, streams: &[StreamName]) -> Vec<Vec<u32>> {
+        let now = event::now_millis() / 1000;
+        streams
+            .iter()
+            .map(|s| {
+                self.shared
+                    .published
+                    .get(s)
+                    .map_or_else(|| vec![0; activity::SECONDS - 1], |a| a.per_second(now))
+            })
+            .collect()
     }
 
     /// Events made visible on this node since start-up, all streams.

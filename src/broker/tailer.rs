@@ -73,9 +73,14 @@ fn apply(shared: &Shared, committed: Committed) {
             // the event in the log, one that joined before gets it from its channel.
             shared.visible.store(event.id.0, Ordering::Release);
             shared.metrics.published.inc();
+            let now = super::event::now_millis() / 1000;
             match shared.published.get_mut(&event.stream) {
-                Some(mut count) => *count += 1,
-                None => *shared.published.entry(event.stream.clone()).or_insert(0) += 1,
+                Some(mut activity) => activity.bump(now),
+                None => shared
+                    .published
+                    .entry(event.stream.clone())
+                    .or_default()
+                    .bump(now),
             }
             shared.fanout.send(&event);
         }

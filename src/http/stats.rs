@@ -33,18 +33,33 @@ struct Snapshot<'a> {
     /// Events written to subscribers since start-up.
     delivered: u64,
     streams: Vec<StreamJson<'a>>,
+    /// Per stream, events per second over the last minute (oldest first): in `GET /stats` and
+    /// the first snapshot of `GET /stats/live`, so a page's sparklines start with the minute
+    /// that passed; later snapshots carry only the counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recent: Option<std::collections::BTreeMap<&'a str, Vec<u32>>>,
 }
 
 /// The dashboard's snapshot, as JSON.
-async fn snapshot(api: &Api, grant: &Grant) -> Result<serde_json::Value, ApiError> {
+async fn snapshot(
+    api: &Api,
+    grant: &Grant,
+    with_recent: bool,
+) -> Result<serde_json::Value, ApiError> {
     let mut streams = api.broker.all_streams().await?;
     streams.retain(|info| api.options.access.may_read(grant, &info.name));
+    let names: Vec<_> = streams.iter().map(|s| s.name.clone()).collect();
+    let recent = with_recent.then(|| {
+        let rates = api.broker.recent_rates(&names);
+        streams.iter().map(|s| s.name.as_str()).zip(rates).collect()
+    });
     let snapshot = Snapshot {
         uptime: api.started.elapsed().as_secs_f64(),
         connections: api.limits.open(),
         published: api.broker.published(),
         delivered: api.metrics.delivered.get(),
         streams: streams_json(&streams),
+        recent,
     };
     // A struct of numbers and strings always serializes.
     Ok(serde_json::to_value(&snapshot).unwrap_or_default())
@@ -58,7 +73,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         .then(|grant: Result<Grant, ApiError>, api: Api| async move {
             respond(
                 async {
-                    let snapshot = snapshot(&api, &grant?).await?;
+                    let snapshot = snapshot(&api, &grant?, true).await?;
                     Ok(warp::reply::json(&snapshot).into_response())
                 }
                 .await,
@@ -100,6 +115,8 @@ struct Live {
     shutdown: watch::Receiver<bool>,
     ticks: tokio::time::Interval,
     opened: bool,
+    /// A snapshot went out (the first one carries the recent rates).
+    sent_one: bool,
     ended: bool,
 }
 
@@ -111,6 +128,7 @@ fn live_response(api: Api, grant: Grant, slot: Slot) -> Response {
         grant,
         _slot: slot,
         opened: false,
+        sent_one: false,
         ended: false,
     };
     let body = futures::stream::unfold(state, |mut live| async move {
@@ -132,7 +150,8 @@ fn live_response(api: Api, grant: Grant, slot: Slot) -> Response {
             live.ended = true;
             come_back_later(window)
         } else {
-            match snapshot(&live.api, &live.grant).await {
+            let first = !std::mem::replace(&mut live.sent_one, true);
+            match snapshot(&live.api, &live.grant, first).await {
                 Ok(snapshot) => frame(&snapshot),
                 // Skipped this once; the next tick tries again.
                 Err(e) => Bytes::from(format!(": stats unavailable: {}\n\n", e.message)),

@@ -69,6 +69,17 @@ try {
   await dash.waitForSelector('#events li pre:text-is("from the form")');
   await dash.waitForFunction(() => Number(document.getElementById('stat-connections').textContent) >= 2);
   await new Promise((r) => setTimeout(r, 2500)); // a few sparkline points
+  // A reload starts the sparkline from the server's last minute, not from a flat line.
+  await dash.reload();
+  await newsRow.waitFor();
+  await dash.waitForFunction(() => {
+    const line = document.querySelector('tr[data-stream="news"] polyline');
+    return line && line.getAttribute('points').split(' ').some((p) => Number(p.split(',')[1]) < 19);
+  });
+  // A sealed stream is marked.
+  await publish('done', 'the end');
+  await fetch(`${base}/streams/done/close`, { method: 'POST' });
+  await dash.waitForSelector('tr[data-stream="done"] .badge.sealed');
   await dash.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
   await dash.emulateMedia({ colorScheme: 'dark' });
   await dash.screenshot({ path: join(artifacts, 'dashboard-dark.png'), fullPage: true });
@@ -105,6 +116,8 @@ try {
   await hx.setViewportSize({ width: 1280, height: 800 });
   await hx.goto(`${base}/demo/htmx`);
   await hx.waitForFunction(() => window.htmx && document.querySelector('[sse-connect]'));
+  // The figures are fetched once the connection is open: this page is a subscriber.
+  await hx.waitForFunction(() => document.getElementById('figures').textContent.includes('"subscribers":1'));
   await new Promise((r) => setTimeout(r, 500)); // the extension opens its EventSource on load
   await publish('htmx-demo', '<li id="from-test">hello <b>htmx</b></li>', 'fragment');
   await hx.waitForSelector('#fragments li#from-test b');
@@ -120,6 +133,7 @@ try {
   watchConsole(timer, 'timer');
   await timer.setViewportSize({ width: 1280, height: 800 });
   await timer.goto(`${base}/demo/timer`);
+  assert.equal(await timer.locator('#count.waiting').count() + await timer.locator('#count:not(.waiting)').count(), 1);
   await timer.waitForFunction(() => /^\d+$/.test(document.getElementById('count').textContent));
   const first = Number(await timer.locator('#count').textContent());
   await timer.waitForFunction((n) => Number(document.getElementById('count').textContent) > n, first, { timeout: 5000 });
