@@ -137,6 +137,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
 
+    /// The token `GET /metrics` takes (`Authorization: Bearer`) besides the publish token.
+    /// Once any credential is configured, /metrics needs one of them, because it names
+    /// streams; with none it stays open (on loopback). /healthz is always open.
+    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// Secret for HS256 JWTs: `publish` and `subscribe` claims (lists of stream names or
     /// `prefix*` patterns), `sub` (the presence client id), `exp`. Prefer the environment
     /// variable: flags show in `ps`.
@@ -413,7 +419,14 @@ impl ServeArgs {
                     .into(),
             );
         }
-        Ok(Access::new(publish_token, jwt_secret, private))
+        let metrics_token = secret("--metrics-token", &self.metrics_token)?;
+        if jwt_secret.is_some() && publish_token.is_none() && metrics_token.is_none() {
+            tracing::warn!(
+                "/metrics needs --metrics-token (or --publish-token) now that --jwt-secret is \
+                 set: without one it answers 401"
+            );
+        }
+        Ok(Access::new(publish_token, jwt_secret, private).with_metrics_token(metrics_token))
     }
 }
 

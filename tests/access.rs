@@ -531,3 +531,59 @@ async fn herald_token_mints_what_herald_accepts_and_nothing_more() {
         .unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn metrics_need_a_token_once_any_credential_is_configured_and_healthz_never_does() {
+    let status = |server: &Server, path: &str, token: Option<&str>| {
+        let mut request = client().get(server.at(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let open = Server::start(&[]);
+    assert_eq!(
+        status(&open, "/metrics", None).await.status(),
+        StatusCode::OK
+    );
+
+    let with_token = Server::start(&["--publish-token", "p-token"]);
+    let refused = status(&with_token, "/metrics", None).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(refused.headers().contains_key("www-authenticate"));
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("--metrics-token"),
+        "{body}"
+    );
+    assert_eq!(
+        status(&with_token, "/metrics", Some("p-token"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&with_token, "/healthz", None).await.status(),
+        StatusCode::OK
+    );
+
+    let signed = Server::start(&["--jwt-secret", SECRET, "--metrics-token", "m-token"]);
+    assert_eq!(
+        status(&signed, "/metrics", Some("m-token")).await.status(),
+        StatusCode::OK
+    );
+    let reader = jwt(json!({"subscribe": ["*"], "publish": ["*"]}));
+    assert_eq!(
+        status(&signed, "/metrics", Some(&reader)).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "a JWT, even one that may read everything, is not the metrics token"
+    );
+    assert_eq!(
+        status(&signed, "/metrics", Some("wrong")).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(&signed, "/healthz", None).await.status(),
+        StatusCode::OK
+    );
+}

@@ -230,8 +230,13 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         });
     let metrics = warp::path!("metrics")
         .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
         .and(with_api(api))
-        .then(|api: Api| async move {
+        .then(|authorization: Option<String>, api: Api| async move {
+            if let Err(denied) = api.options.access.check_metrics(authorization.as_deref()) {
+                let refused = super::error::respond(Err(denied.into()));
+                return super::auth::challenge(refused);
+            }
             let streams = match api.broker.all_streams().await {
                 Ok(streams) => streams,
                 Err(e) => return super::error::respond(Err(e.into())),

@@ -94,6 +94,8 @@ impl Grant {
 #[derive(Clone, Default)]
 pub struct Access {
     publish_token: Option<String>,
+    /// What `GET /metrics` takes besides the publish token.
+    metrics_token: Option<String>,
     jwt: Option<(DecodingKey, Validation)>,
     private: Vec<StreamPattern>,
 }
@@ -103,6 +105,7 @@ impl fmt::Debug for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Access")
             .field("publish_token", &self.publish_token.as_ref().map(|_| "…"))
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "…"))
             .field("jwt", &self.jwt.as_ref().map(|_| "HS256"))
             .field("private", &self.private)
             .finish()
@@ -128,8 +131,50 @@ impl Access {
         });
         Access {
             publish_token,
+            metrics_token: None,
             jwt,
             private,
+        }
+    }
+
+    /// These rules with a token for `GET /metrics` (`--metrics-token`).
+    pub fn with_metrics_token(mut self, token: Option<String>) -> Access {
+        self.metrics_token = token;
+        self
+    }
+
+    /// Whether `GET /metrics` needs a token: once any credential is configured, because it
+    /// names streams, private ones included.
+    pub fn metrics_need_a_token(&self) -> bool {
+        !self.is_open() || self.metrics_token.is_some()
+    }
+
+    /// Checks `GET /metrics`'s `Authorization` header: the metrics token or the publish token,
+    /// when [`Access::metrics_need_a_token`].
+    pub fn check_metrics(&self, authorization: Option<&str>) -> Result<(), Denied> {
+        if !self.metrics_need_a_token() {
+            return Ok(());
+        }
+        let bearer = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                unauthorized(
+                    "/metrics names streams: it needs Authorization: Bearer with the metrics \
+                     token (--metrics-token) or the publish token",
+                )
+            })?;
+        let matches = |expected: &Option<String>| {
+            expected
+                .as_ref()
+                .is_some_and(|e| bool::from(bearer.as_bytes().ct_eq(e.as_bytes())))
+        };
+        if matches(&self.metrics_token) || matches(&self.publish_token) {
+            Ok(())
+        } else {
+            Err(unauthorized(
+                "the token is neither the metrics token nor the publish token",
+            ))
         }
     }
 
