@@ -14,7 +14,7 @@ use crate::cli::publish::PublishArgs;
 use crate::cli::relay::RelayArgs;
 use crate::cli::subscribe::SubscribeArgs;
 use crate::cli::token::TokenArgs;
-use crate::http::auth::{Access, StreamPattern};
+use crate::http::auth::{Access, PublicKey, StreamPattern};
 use crate::http::{HeartbeatStyle, HttpOptions};
 
 /// herald: durable Server-Sent Events streams in one binary — publish over HTTP, subscribe with
@@ -148,6 +148,19 @@ pub struct ServeArgs {
     /// variable: flags show in `ps`.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// A PEM public key whose private half signs JWTs for this herald (an identity provider's,
+    /// or your app's): RS256 for an RSA key, ES256 for P-256, EdDSA for Ed25519 — the algorithm
+    /// is the key's, never the token's. Repeatable (rotation: old and new side by side); a
+    /// token's `kid` picks the key whose file name (without extension) it is. Comma-separated in
+    /// the environment variable.
+    #[arg(
+        long = "jwt-public-key",
+        env = "HERALD_JWT_PUBLIC_KEY",
+        value_delimiter = ',',
+        value_name = "PEM"
+    )]
+    pub jwt_public_key: Vec<PathBuf>,
 
     /// Streams matching this pattern (a name, or a prefix ending in `*`) can only be read with
     /// a token whose subscribe claim covers them: SSE, history and presence alike. Repeatable;
@@ -412,7 +425,13 @@ impl ServeArgs {
             .iter()
             .map(|p| StreamPattern::parse(p.trim()).map_err(|e| format!("--private: {}", e.0)))
             .collect::<Result<Vec<_>, _>>()?;
-        if !private.is_empty() && publish_token.is_none() && jwt_secret.is_none() {
+        let public_keys = self
+            .jwt_public_key
+            .iter()
+            .map(|path| PublicKey::load(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tokens = jwt_secret.is_some() || !public_keys.is_empty();
+        if !private.is_empty() && publish_token.is_none() && !tokens {
             return Err(
                 "--private needs --jwt-secret (or --publish-token): otherwise no one could read \
                  those streams"
@@ -420,13 +439,15 @@ impl ServeArgs {
             );
         }
         let metrics_token = secret("--metrics-token", &self.metrics_token)?;
-        if jwt_secret.is_some() && publish_token.is_none() && metrics_token.is_none() {
+        if tokens && publish_token.is_none() && metrics_token.is_none() {
             tracing::warn!(
-                "/metrics needs --metrics-token (or --publish-token) now that --jwt-secret is \
-                 set: without one it answers 401"
+                "/metrics needs --metrics-token (or --publish-token) now that JWTs are \
+                 configured: without one it answers 401"
             );
         }
-        Ok(Access::new(publish_token, jwt_secret, private).with_metrics_token(metrics_token))
+        Ok(Access::new(publish_token, jwt_secret, private)
+            .with_public_keys(public_keys)
+            .with_metrics_token(metrics_token))
     }
 }
 

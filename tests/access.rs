@@ -587,3 +587,145 @@ async fn metrics_need_a_token_once_any_credential_is_configured_and_healthz_neve
         StatusCode::OK
     );
 }
+
+/// A fresh key pair made by openssl: (private PEM path, public PEM path).
+fn key_pair(dir: &std::path::Path, name: &str, genpkey: &[&str]) -> (String, String) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pem"));
+    let made = std::process::Command::new("openssl")
+        .arg("genpkey")
+        .args(genpkey)
+        .arg("-out")
+        .arg(&private)
+        .output()
+        .expect("openssl (scripts/test installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .expect("openssl pkey");
+    assert!(out.status.success());
+    (private.display().to_string(), public.display().to_string())
+}
+
+#[tokio::test]
+async fn public_key_tokens_are_verified_with_the_keys_own_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = key_pair(
+        dir.path(),
+        "rsa",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    let p256 = key_pair(
+        dir.path(),
+        "p256",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let ed = key_pair(dir.path(), "ed", &["-algorithm", "ed25519"]);
+    let other = key_pair(dir.path(), "other", &["-algorithm", "ed25519"]);
+    let server = Server::start(&[
+        "--jwt-public-key",
+        &rsa.1,
+        "--jwt-public-key",
+        &p256.1,
+        "--jwt-public-key",
+        &ed.1,
+        "--private",
+        "user:*",
+    ]);
+    let read = |token: String| {
+        let url = server.at(&format!("/streams/user:42/events?token={token}"));
+        async move { client().get(url).send().await.unwrap().status() }
+    };
+    for (private, kid) in [(&rsa.0, None), (&p256.0, None), (&ed.0, Some("ed"))] {
+        let mut args = vec![
+            "--jwt-private-key",
+            private.as_str(),
+            "--subscribe",
+            "user:42",
+        ];
+        if let Some(kid) = kid {
+            args.extend(["--kid", kid]);
+        }
+        let token = minted_with(&args);
+        assert_eq!(read(token).await, StatusCode::OK, "signed with {private}");
+    }
+    // A key herald does not have, with or without a kid.
+    let stranger = minted_with(&["--jwt-private-key", &other.0, "--subscribe", "user:42"]);
+    assert_eq!(read(stranger).await, StatusCode::UNAUTHORIZED);
+    let wrong_kid = minted_with(&[
+        "--jwt-private-key",
+        &ed.0,
+        "--kid",
+        "rsa",
+        "--subscribe",
+        "user:42",
+    ]);
+    assert_eq!(read(wrong_kid).await, StatusCode::UNAUTHORIZED);
+    // Algorithm confusion: HS256 "signed" with the RSA public key as the secret.
+    let public_pem = std::fs::read(&rsa.1).unwrap();
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"subscribe": ["user:42"]}),
+        &EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
+    assert_eq!(read(confused).await, StatusCode::UNAUTHORIZED);
+    // alg "none": {"alg":"none","typ":"JWT"}.{"subscribe":["user:42"]}. with no signature.
+    let unsigned =
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWJzY3JpYmUiOlsidXNlcjo0MiJdfQ.".to_owned();
+    assert_eq!(read(unsigned).await, StatusCode::UNAUTHORIZED);
+}
+
+/// `herald token …` with these flags and no secret in the environment.
+fn minted_with(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("token")
+        .args(args)
+        .env_remove("HERALD_JWT_SECRET")
+        .output()
+        .expect("run herald token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn a_bad_public_key_file_is_one_clear_line_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let ed = key_pair(dir.path(), "ed", &["-algorithm", "ed25519"]);
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (path, expected) in [
+        (missing.display().to_string(), "cannot read the public key"),
+        (garbage.display().to_string(), "is not a PEM public key"),
+        (ed.0.clone(), "is a private key"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--memory",
+                "--jwt-public-key",
+                &path,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(expected), "{first}");
+    }
+}

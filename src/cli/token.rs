@@ -1,11 +1,14 @@
 //! `herald token`: mints a JWT that this herald accepts — for trying access control out, for
 //! scripts, and as the reference for what an app's own minting must produce (claims
-//! `publish`, `subscribe`, `sub`, `exp`; HS256 with the server's `--jwt-secret`).
+//! `publish`, `subscribe`, `sub`, `exp`; HS256 with the server's `--jwt-secret`, or signed with
+//! the private half of a `--jwt-public-key`, the algorithm taken from the key).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::path::PathBuf;
+
 use clap::Args;
-use jsonwebtoken::{encode, EncodingKey, Header};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
 use super::CliError;
@@ -37,6 +40,16 @@ pub struct TokenArgs {
     /// show in `ps`.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Sign with this PEM private key instead (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA),
+    /// for a herald started with its public key (--jwt-public-key).
+    #[arg(long, value_name = "PEM", conflicts_with = "jwt_secret")]
+    pub jwt_private_key: Option<PathBuf>,
+
+    /// The token's `kid`, naming the public key herald verifies it with (the public key file's
+    /// name without its extension). Without one, herald tries each key of the algorithm.
+    #[arg(long)]
+    pub kid: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -66,16 +79,7 @@ fn now() -> u64 {
 
 /// The token for these arguments, issued at `now` (Unix seconds).
 pub fn mint(args: &TokenArgs, now: u64) -> Result<String, CliError> {
-    let secret = args.jwt_secret.as_deref().ok_or_else(|| {
-        CliError::Input(
-            "herald token needs the server's secret: --jwt-secret or HERALD_JWT_SECRET".into(),
-        )
-    })?;
-    if secret.len() < 32 {
-        return Err(CliError::Input(
-            "--jwt-secret must be at least 32 bytes, as the server requires".into(),
-        ));
-    }
+    let (header, key) = signer(args)?;
     if args.publish.is_empty() && args.subscribe.is_empty() && args.sub.is_none() {
         return Err(CliError::Input(
             "a token that grants nothing: give --publish, --subscribe or --sub".into(),
@@ -100,12 +104,52 @@ pub fn mint(args: &TokenArgs, now: u64) -> Result<String, CliError> {
         iat: now,
         exp: (args.ttl > 0).then(|| now + args.ttl),
     };
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .map_err(|e| CliError::Input(format!("cannot sign the token: {e}")))
+    encode(&header, &claims, &key)
+        .map_err(|e| CliError::Input(format!("cannot sign the token: {e}")))
+}
+
+/// The header and key to sign with: the private key's kind decides the algorithm.
+fn signer(args: &TokenArgs) -> Result<(Header, EncodingKey), CliError> {
+    if let Some(path) = &args.jwt_private_key {
+        let pem = std::fs::read(path).map_err(|e| {
+            CliError::Input(format!(
+                "cannot read the private key {}: {e}",
+                path.display()
+            ))
+        })?;
+        let (algorithm, key) = if let Ok(key) = EncodingKey::from_rsa_pem(&pem) {
+            (Algorithm::RS256, key)
+        } else if let Ok(key) = EncodingKey::from_ec_pem(&pem) {
+            (Algorithm::ES256, key)
+        } else if let Ok(key) = EncodingKey::from_ed_pem(&pem) {
+            (Algorithm::EdDSA, key)
+        } else {
+            return Err(CliError::Input(format!(
+                "{} is not a PEM private key of a kind herald verifies (RSA, P-256, Ed25519)",
+                path.display()
+            )));
+        };
+        let mut header = Header::new(algorithm);
+        header.kid = args.kid.clone();
+        return Ok((header, key));
+    }
+    let secret = args.jwt_secret.as_deref().ok_or_else(|| {
+        CliError::Input(
+            "herald token needs the server's secret (--jwt-secret or HERALD_JWT_SECRET) or a \
+             private key (--jwt-private-key)"
+                .into(),
+        )
+    })?;
+    if secret.len() < 32 {
+        return Err(CliError::Input(
+            "--jwt-secret must be at least 32 bytes, as the server requires".into(),
+        ));
+    }
+    let header = Header {
+        kid: args.kid.clone(),
+        ..Header::default()
+    };
+    Ok((header, EncodingKey::from_secret(secret.as_bytes())))
 }
 
 #[cfg(test)]
@@ -119,6 +163,8 @@ mod tests {
             subscribe: vec!["user:42".into()],
             ttl: 60,
             jwt_secret: Some("s".repeat(32)),
+            jwt_private_key: None,
+            kid: None,
         }
     }
 

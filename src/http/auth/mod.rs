@@ -17,6 +17,7 @@
 mod claims;
 mod credentials;
 mod filters;
+mod keys;
 mod pattern;
 
 use std::collections::HashSet;
@@ -33,6 +34,7 @@ use self::claims::RawClaims;
 use self::credentials::bearer;
 pub use self::credentials::{Credentials, TOKEN_COOKIE};
 pub use self::filters::{challenge, publisher, reader};
+pub use self::keys::PublicKey;
 use self::pattern::any_matches;
 pub use self::pattern::StreamPattern;
 use super::error::ApiError;
@@ -97,6 +99,8 @@ pub struct Access {
     /// What `GET /metrics` takes besides the publish token.
     metrics_token: Option<String>,
     jwt: Option<(DecodingKey, Validation)>,
+    /// Keys for tokens signed by an identity provider or an app (RS256, ES256, EdDSA).
+    public_keys: Vec<PublicKey>,
     private: Vec<StreamPattern>,
 }
 
@@ -107,6 +111,7 @@ impl fmt::Debug for Access {
             .field("publish_token", &self.publish_token.as_ref().map(|_| "…"))
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "…"))
             .field("jwt", &self.jwt.as_ref().map(|_| "HS256"))
+            .field("public_keys", &self.public_keys)
             .field("private", &self.private)
             .finish()
     }
@@ -119,22 +124,24 @@ impl Access {
         private: Vec<StreamPattern>,
     ) -> Access {
         let jwt = jwt_secret.map(|secret| {
-            let mut validation = Validation::new(Algorithm::HS256);
-            // `exp` is enforced when present, not required: a backend's long-lived token is
-            // the operator's choice.
-            validation.required_spec_claims = HashSet::new();
-            validation.validate_exp = true;
-            validation.validate_nbf = true;
-            validation.validate_aud = false;
-            validation.leeway = LEEWAY_SECS;
-            (DecodingKey::from_secret(secret.as_bytes()), validation)
+            (
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(Algorithm::HS256),
+            )
         });
         Access {
             publish_token,
             metrics_token: None,
             jwt,
+            public_keys: Vec::new(),
             private,
         }
+    }
+
+    /// These rules, also taking tokens signed with these keys' private halves.
+    pub fn with_public_keys(mut self, keys: Vec<PublicKey>) -> Access {
+        self.public_keys = keys;
+        self
     }
 
     /// These rules with a token for `GET /metrics` (`--metrics-token`).
@@ -180,11 +187,11 @@ impl Access {
 
     /// True when anyone may publish: no publish token and no JWT secret.
     pub fn is_open(&self) -> bool {
-        self.publish_token.is_none() && self.jwt.is_none()
+        self.publish_token.is_none() && !self.uses_jwt()
     }
 
     pub fn uses_jwt(&self) -> bool {
-        self.jwt.is_some()
+        self.jwt.is_some() || !self.public_keys.is_empty()
     }
 
     /// The grant of a publisher, from its `Authorization` header (the only place a publisher's
@@ -302,27 +309,77 @@ impl Access {
                 return Ok(Grant::Operator);
             }
         }
-        let Some((key, validation)) = &self.jwt else {
+        if !self.uses_jwt() {
             return Err(unauthorized("the token is not the publish token"));
-        };
-        match jsonwebtoken::decode::<RawClaims>(token, key, validation) {
-            Ok(data) => Ok(Grant::Token(data.claims.into())),
-            Err(e) => Err(unauthorized(match e.kind() {
-                ErrorKind::ExpiredSignature => "the token has expired".to_owned(),
-                ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".to_owned(),
-                ErrorKind::InvalidSignature => "the token's signature is wrong".to_owned(),
-                ErrorKind::InvalidAlgorithm => "the token must be signed with HS256".to_owned(),
-                ErrorKind::Json(_) => {
-                    "the token's claims are malformed (publish and subscribe must be lists \
-                     of strings, exp a number)"
-                        .to_owned()
-                }
-                _ if self.publish_token.is_some() => {
-                    "the token is neither the publish token nor a valid JWT".to_owned()
-                }
-                _ => "the token is not a valid JWT".to_owned(),
-            })),
         }
+        let not_a_jwt = || {
+            unauthorized(if self.publish_token.is_some() {
+                "the token is neither the publish token nor a valid JWT"
+            } else {
+                "the token is not a valid JWT"
+            })
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|_| not_a_jwt())?;
+        // The key decides the algorithm: a token naming one no configured key has is refused
+        // before any verification (`none`, HS256 signed with a public key, ...).
+        if header.alg == Algorithm::HS256 {
+            let Some((key, validation)) = &self.jwt else {
+                return Err(unauthorized(
+                    "this herald takes no HS256 tokens: sign with a key it has the public key of",
+                ));
+            };
+            return decoded(token, key, validation);
+        }
+        let mut keys = self
+            .public_keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
+            .filter(|k| header.kid.as_ref().is_none_or(|kid| *kid == k.kid))
+            .peekable();
+        if keys.peek().is_none() {
+            return Err(unauthorized(match &header.kid {
+                Some(kid) => format!("no {:?} key with kid {kid:?} is configured", header.alg),
+                None => format!("this herald has no {:?} key", header.alg),
+            }));
+        }
+        let mut refused = not_a_jwt();
+        for key in keys {
+            match decoded(token, &key.key, &validation(key.algorithm)) {
+                Ok(grant) => return Ok(grant),
+                Err(e) => refused = e,
+            }
+        }
+        Err(refused)
+    }
+}
+
+/// How tokens are checked: `exp` and `nbf` enforced when present (not required: a backend's
+/// long-lived token is the operator's choice), with some clock skew allowed; `aud` not checked.
+fn validation(algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.required_spec_claims = HashSet::new();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation.leeway = LEEWAY_SECS;
+    validation
+}
+
+/// A token verified with one key, or why not.
+fn decoded(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Grant, Denied> {
+    match jsonwebtoken::decode::<RawClaims>(token, key, validation) {
+        Ok(data) => Ok(Grant::Token(data.claims.into())),
+        Err(e) => Err(unauthorized(match e.kind() {
+            ErrorKind::ExpiredSignature => "the token has expired",
+            ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
+            ErrorKind::InvalidSignature => "the token's signature is wrong",
+            ErrorKind::InvalidAlgorithm => "the token's algorithm does not match its key",
+            ErrorKind::Json(_) => {
+                "the token's claims are malformed (publish and subscribe must be lists of \
+                 strings, exp a number)"
+            }
+            _ => "the token is not a valid JWT",
+        })),
     }
 }
 
