@@ -15,6 +15,7 @@ use crate::cli::relay::RelayArgs;
 use crate::cli::subscribe::SubscribeArgs;
 use crate::cli::token::TokenArgs;
 use crate::http::auth::{Access, PublicKey, StreamPattern};
+use crate::http::rate::PublishRate;
 use crate::http::{HeartbeatStyle, HttpOptions};
 
 /// herald: durable Server-Sent Events streams in one binary — publish over HTTP, subscribe with
@@ -184,6 +185,18 @@ pub struct ServeArgs {
     )]
     pub cors_origin: Vec<String>,
 
+    /// Most publish requests (single or batch) per second for each credential (the bearer token
+    /// presented) or, without one, each client address; beyond it a 429 with Retry-After.
+    /// Decimals allowed (0.5: one every two seconds). Readers are never limited by it. Behind a
+    /// reverse proxy without tokens every publisher has the proxy's address. Default: no limit.
+    #[arg(long, env = "HERALD_PUBLISH_RATE", value_name = "PER_SECOND")]
+    pub publish_rate: Option<f64>,
+
+    /// Publish requests a credential or address may make at once before --publish-rate paces
+    /// it. Default: the rate, rounded up (at least 1).
+    #[arg(long, env = "HERALD_PUBLISH_BURST", requires = "publish_rate")]
+    pub publish_burst: Option<u32>,
+
     /// Most SSE subscriptions open at once (publishing and reads are not counted). Beyond it an
     /// EventSource is told to retry later. 0: no limit.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 0)]
@@ -346,6 +359,16 @@ impl ServeArgs {
         let access = self.access()?;
         let cors_origins = cors_origins(&self.cors_origin)?;
         let redis = self.redis_options()?;
+        let publish_rate = match self.publish_rate {
+            None => None,
+            Some(rate) if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) => {
+                return Err("--publish-rate must be a positive number of requests a second".into())
+            }
+            Some(rate) => Some(PublishRate {
+                per_second: rate,
+                burst: self.publish_burst.unwrap_or(rate.ceil() as u32).max(1),
+            }),
+        };
         let storage = if self.memory {
             Storage::Memory
         } else {
@@ -389,6 +412,7 @@ impl ServeArgs {
                 cors_origins,
                 idle_timeout: self.idle_timeout,
                 max_header_bytes: self.max_header_bytes,
+                publish_rate,
                 ..HttpOptions::default()
             },
             allow_public_publish: self.allow_public_publish,

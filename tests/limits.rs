@@ -296,3 +296,47 @@ async fn garbage_on_the_wire_never_takes_the_server_down() {
     assert_eq!(got.last().unwrap().id, id.to_string());
     assert_eq!(got.last().unwrap().data, "after the garbage");
 }
+
+#[tokio::test]
+async fn publishing_past_the_rate_is_429_and_readers_are_never_limited() {
+    let server = Server::start(&["--publish-rate", "2", "--publish-burst", "3"]);
+    let post = |data: &str| {
+        client()
+            .post(server.at("/streams/paced"))
+            .body(data.to_owned())
+            .send()
+    };
+    for i in 0..3 {
+        assert_eq!(post(&format!("burst {i}")).await.unwrap().status(), 201);
+    }
+    let refused = post("one too many").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("2 per second"),
+        "{body}"
+    );
+    // A batch is one request, refused whole.
+    let batch = client()
+        .post(server.at("/publish"))
+        .json(&serde_json::json!([{"stream": "paced", "data": "in a batch"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 429);
+    // Readers go on: history and a new subscription.
+    let (status, page) = get_json(&server, "/streams/paced/events").await;
+    assert_eq!(status, 200);
+    assert_eq!(page_ids(&page).len(), 3, "nothing refused was stored");
+    let mut reader = subscribe(&server, "stream=paced", Some(0)).await;
+    assert_eq!(take(&mut reader, 3).await.len(), 3);
+    // The rate refills: half a second later one more fits.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(post("paced again").await.unwrap().status(), 201);
+}

@@ -49,6 +49,9 @@ pub struct HttpOptions {
     pub idle_timeout: Duration,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
+    /// Publish requests per second and burst, per credential or client address (`None`: no
+    /// limit).
+    pub publish_rate: Option<super::rate::PublishRate>,
 }
 
 impl Default for HttpOptions {
@@ -67,6 +70,7 @@ impl Default for HttpOptions {
             cors_origins: Vec::new(),
             idle_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
+            publish_rate: None,
         }
     }
 }
@@ -95,6 +99,8 @@ pub struct ApiState {
     pub(super) exporter: Arc<admin::Exporter>,
     pub started: Instant,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// The publish rate limit's buckets, when there is one.
+    pub(super) publish_limiter: Option<Arc<super::rate::PublishLimiter>>,
 }
 
 impl Api {
@@ -149,6 +155,9 @@ impl Api {
         let limits = ConnectionLimits::new(options.max_connections, options.max_connections_per_ip);
         let metrics = admin::HttpMetrics::default();
         let exporter = Arc::new(admin::Exporter::new(&broker, &metrics));
+        let publish_limiter = options
+            .publish_rate
+            .map(|rate| Arc::new(super::rate::PublishLimiter::new(rate)));
         let api = Api(Arc::new(ApiState {
             broker,
             options: Arc::new(options),
@@ -157,6 +166,7 @@ impl Api {
             metrics: Arc::new(metrics),
             started: Instant::now(),
             shutdown: rx,
+            publish_limiter,
         }));
         (api, ShutdownSignal(tx))
     }

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod listener;
 mod presence;
 mod publish;
+pub mod rate;
 mod request;
 mod sse;
 mod stats;

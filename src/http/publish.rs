@@ -10,7 +10,7 @@ use warp::Filter;
 use super::api::Api;
 use super::auth::{self, Grant};
 use super::error::{respond, ApiError};
-use super::request::{query_pairs, raw_query, read_body, stream_from_path, with_api};
+use super::request::{peer_addr, query_pairs, raw_query, read_body, stream_from_path, with_api};
 use crate::broker::engine::{Appended, IdempotencyKey};
 use crate::broker::event::{EventType, NewEvent, StreamName};
 
@@ -22,6 +22,7 @@ pub fn routes(
 ) -> impl warp::Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let one = warp::path!("streams" / String)
         .and(warp::post())
+        .and(within_rate(api.clone()))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
         .and(idempotency_key())
@@ -30,7 +31,18 @@ pub fn routes(
         .and(warp::body::stream())
         .and(with_api(api.clone()))
         .then(
-            |stream: String, ctype, length, key, query: String, grant, body, api: Api| async move {
+            |stream: String,
+             allowed: Result<(), ApiError>,
+             ctype,
+             length,
+             key,
+             query: String,
+             grant,
+             body,
+             api: Api| async move {
+                if let Err(refused) = allowed {
+                    return respond(Err(refused));
+                }
                 let request = PublishRequest {
                     stream,
                     content_type: ctype,
@@ -45,23 +57,50 @@ pub fn routes(
         );
     let batch = warp::path!("publish")
         .and(warp::post())
+        .and(within_rate(api.clone()))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
         .and(idempotency_key())
         .and(auth::publisher(api.clone()))
         .and(warp::body::stream())
         .and(with_api(api))
-        .then(|ctype, length, key, grant, body, api: Api| async move {
-            let timer = PublishTimer::start(&api);
-            let request = BatchRequest {
-                content_type: ctype,
-                length,
-                key,
-                grant,
-            };
-            respond(timer.stop(publish_batch(api, request, body).await))
-        });
+        .then(
+            |allowed: Result<(), ApiError>, ctype, length, key, grant, body, api: Api| async move {
+                if let Err(refused) = allowed {
+                    return respond(Err(refused));
+                }
+                let timer = PublishTimer::start(&api);
+                let request = BatchRequest {
+                    content_type: ctype,
+                    length,
+                    key,
+                    grant,
+                };
+                respond(timer.stop(publish_batch(api, request, body).await))
+            },
+        );
     one.or(batch).unify()
+}
+
+/// Whether this publish request is within the rate limit of its credential (the bearer token
+/// it presents) or, without one, its client address. Checked before the body is read.
+fn within_rate(
+    api: Api,
+) -> impl Filter<Extract = (Result<(), ApiError>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(peer_addr())
+        .map(
+            move |authorization: Option<String>, peer: Option<std::net::SocketAddr>| {
+                let Some(limiter) = &api.publish_limiter else {
+                    return Ok(());
+                };
+                let bearer = authorization
+                    .as_deref()
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .map(str::trim);
+                limiter.check(bearer, peer.map(|p| p.ip()))
+            },
+        )
 }
 
 /// Times a publish from its arrival to its `201`, for `herald_publish_seconds`.
