@@ -14,7 +14,7 @@ use crate::cli::publish::PublishArgs;
 use crate::cli::relay::RelayArgs;
 use crate::cli::subscribe::SubscribeArgs;
 use crate::cli::token::TokenArgs;
-use crate::http::auth::{Access, PublicKey, StreamPattern};
+use crate::http::auth::{Access, StreamPattern};
 use crate::http::rate::PublishRate;
 use crate::http::{HeartbeatStyle, HttpOptions};
 
@@ -449,12 +449,7 @@ impl ServeArgs {
             .iter()
             .map(|p| StreamPattern::parse(p.trim()).map_err(|e| format!("--private: {}", e.0)))
             .collect::<Result<Vec<_>, _>>()?;
-        let public_keys = self
-            .jwt_public_key
-            .iter()
-            .map(|path| PublicKey::load(path))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tokens = jwt_secret.is_some() || !public_keys.is_empty();
+        let tokens = jwt_secret.is_some() || !self.jwt_public_key.is_empty();
         if !private.is_empty() && publish_token.is_none() && !tokens {
             return Err(
                 "--private needs --jwt-secret (or --publish-token): otherwise no one could read \
@@ -470,7 +465,7 @@ impl ServeArgs {
             );
         }
         Ok(Access::new(publish_token, jwt_secret, private)
-            .with_public_keys(public_keys)
+            .with_public_key_files(self.jwt_public_key.clone())?
             .with_metrics_token(metrics_token))
     }
 }

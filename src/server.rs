@@ -92,6 +92,11 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let (api, shutdown) = Api::new(broker.clone(), config.http.clone());
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let (tls, certificates) = match tls {
+        Some((acceptor, certificates)) => (Some(acceptor), Some(certificates)),
+        None => (None, None),
+    };
+    reload_on_hangup(certificates, config.http.access.clone());
     let server = tokio::spawn(listener::serve(listener, api, tls, async {
         let _ = stopped.await;
     }));
@@ -119,6 +124,43 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     second.abort();
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// On each `SIGHUP`: reads the TLS certificate and key and the JWT public keys again. A file
+/// that fails to load keeps what was loaded before, and the log says why; connections stay up.
+fn reload_on_hangup(
+    certificates: Option<std::sync::Arc<crate::http::tls::Certificates>>,
+    access: crate::http::auth::Access,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!(
+                "cannot listen for SIGHUP: certificates and keys reload only on restart"
+            );
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                if let Some(certificates) = &certificates {
+                    match certificates.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SIGHUP: kept the TLS certificate in use")
+                        }
+                    }
+                }
+                match access.reload_public_keys() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(keys = n, "SIGHUP: reloaded the JWT public keys"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: kept the JWT public keys in use"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (certificates, access);
 }
 
 /// Every open connection is a file descriptor, and the usual soft limit (1,024) is far below

@@ -331,3 +331,145 @@ async fn json_logs_carry_request_ids_and_no_event_data() {
         "event data is never logged"
     );
 }
+
+/// A client that trusts only this certificate (and the usual public roots).
+fn trusting(pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// An Ed25519 key pair made by openssl: (private PEM, public PEM) contents.
+fn ed25519() -> (Vec<u8>, Vec<u8>) {
+    let private = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519"])
+        .output()
+        .expect("openssl (scripts/test installs it)")
+        .stdout;
+    let mut pubout = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    pubout.stdin.take().unwrap().write_all(&private).unwrap();
+    let public = pubout.wait_with_output().unwrap().stdout;
+    (private, public)
+}
+
+/// `herald token --jwt-private-key <file> --subscribe user:1`.
+fn token_signed_with(dir: &Path, private: &[u8]) -> String {
+    let path = dir.join(format!(
+        "signing-{}.key",
+        private.len() ^ private[40] as usize
+    ));
+    std::fs::write(&path, private).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["token", "--subscribe", "user:1", "--jwt-private-key"])
+        .arg(&path)
+        .env_remove("HERALD_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn sighup_swaps_the_certificate_and_the_keys_under_live_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, pem_a) = certificate(dir.path());
+    let (first_private, first_public) = ed25519();
+    let public_key = dir.path().join("idp.pem");
+    std::fs::write(&public_key, &first_public).unwrap();
+    let server = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--jwt-public-key",
+        public_key.to_str().unwrap(),
+        "--publish-token",
+        "op",
+        "--private",
+        "user:*",
+    ]);
+    let old = trusting(&pem_a);
+    let response = old
+        .get(server.at("/sse?stream=live"))
+        .bearer_auth("op")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut live = Box::pin(eventsource_stream::Eventsource::eventsource(
+        response.bytes_stream(),
+    ));
+    let read_private = |client: reqwest::Client, token: String| {
+        let url = server.at(&format!("/streams/user:1/events?token={token}"));
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    let first_token = token_signed_with(dir.path(), &first_private);
+    assert_eq!(
+        read_private(trusting(&pem_a), first_token.clone()).await,
+        200
+    );
+
+    // New files in place, then SIGHUP.
+    let (_, _, pem_b) = certificate(dir.path());
+    let (second_private, second_public) = ed25519();
+    std::fs::write(&public_key, &second_public).unwrap();
+    let hup = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    hup(server.pid());
+    let second_token = token_signed_with(dir.path(), &second_private);
+    eventually("the new key is in use", Duration::from_secs(5), || {
+        let check = read_private(trusting(&pem_b), second_token.clone());
+        async move { check.await == 200 }
+    })
+    .await;
+    assert!(
+        trusting(&pem_a)
+            .get(server.at("/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "a new connection gets the new certificate"
+    );
+    assert_eq!(
+        read_private(trusting(&pem_b), first_token).await,
+        401,
+        "the old key is gone"
+    );
+    // The connection opened before the swap is still up and gets the next event.
+    let published = trusting(&pem_b)
+        .post(server.at("/streams/live"))
+        .bearer_auth("op")
+        .body("after the swap")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201);
+    let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+        .await
+        .expect("the old connection is alive")
+        .expect("an event")
+        .expect("valid SSE");
+    assert_eq!(event.data, "after the swap");
+
+    // Broken files: SIGHUP keeps what is in use.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&public_key, "not a key").unwrap();
+    hup(server.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read_private(trusting(&pem_b), second_token).await, 200);
+}

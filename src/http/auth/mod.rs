@@ -22,6 +22,8 @@ mod pattern;
 
 use std::collections::HashSet;
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -99,8 +101,10 @@ pub struct Access {
     /// What `GET /metrics` takes besides the publish token.
     metrics_token: Option<String>,
     jwt: Option<(DecodingKey, Validation)>,
-    /// Keys for tokens signed by an identity provider or an app (RS256, ES256, EdDSA).
-    public_keys: Vec<PublicKey>,
+    /// Keys for tokens signed by an identity provider or an app (RS256, ES256, EdDSA), shared
+    /// by every clone of these rules so a reload (`SIGHUP`) reaches them all; and their files.
+    public_keys: Arc<RwLock<Vec<PublicKey>>>,
+    public_key_files: Vec<PathBuf>,
     private: Vec<StreamPattern>,
 }
 
@@ -133,15 +137,31 @@ impl Access {
             publish_token,
             metrics_token: None,
             jwt,
-            public_keys: Vec::new(),
+            public_keys: Arc::default(),
+            public_key_files: Vec::new(),
             private,
         }
     }
 
-    /// These rules, also taking tokens signed with these keys' private halves.
-    pub fn with_public_keys(mut self, keys: Vec<PublicKey>) -> Access {
-        self.public_keys = keys;
-        self
+    /// These rules, also taking tokens signed with the private halves of the keys in these PEM
+    /// files; the error is one line naming the file that does not load.
+    pub fn with_public_key_files(mut self, files: Vec<PathBuf>) -> Result<Access, String> {
+        let keys = load_keys(&files)?;
+        self.public_keys = Arc::new(RwLock::new(keys));
+        self.public_key_files = files;
+        Ok(self)
+    }
+
+    /// Reads the public key files again: all of them or, if any fails, none (the keys in use
+    /// stay). The number of keys loaded.
+    pub fn reload_public_keys(&self) -> Result<usize, String> {
+        if self.public_key_files.is_empty() {
+            return Ok(0);
+        }
+        let keys = load_keys(&self.public_key_files)?;
+        let n = keys.len();
+        *self.public_keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(n)
     }
 
     /// These rules with a token for `GET /metrics` (`--metrics-token`).
@@ -191,7 +211,7 @@ impl Access {
     }
 
     pub fn uses_jwt(&self) -> bool {
-        self.jwt.is_some() || !self.public_keys.is_empty()
+        self.jwt.is_some() || !self.public_key_files.is_empty()
     }
 
     /// The grant of a publisher, from its `Authorization` header (the only place a publisher's
@@ -330,8 +350,8 @@ impl Access {
             };
             return decoded(token, key, validation);
         }
-        let mut keys = self
-            .public_keys
+        let public_keys = self.public_keys.read().unwrap_or_else(|e| e.into_inner());
+        let mut keys = public_keys
             .iter()
             .filter(|k| k.algorithm == header.alg)
             .filter(|k| header.kid.as_ref().is_none_or(|kid| *kid == k.kid))
@@ -351,6 +371,10 @@ impl Access {
         }
         Err(refused)
     }
+}
+
+fn load_keys(files: &[PathBuf]) -> Result<Vec<PublicKey>, String> {
+    files.iter().map(|path| PublicKey::load(path)).collect()
 }
 
 /// How tokens are checked: `exp` and `nbf` enforced when present (not required: a backend's
