@@ -163,6 +163,12 @@ pub struct ServeArgs {
     )]
     pub jwt_public_key: Vec<PathBuf>,
 
+    /// An identity provider's JSON Web Key Set (e.g. https://idp.example.com/.well-known/jwks.json):
+    /// tokens signed with its keys are accepted, matched by `kid`. Fetched at start-up, every
+    /// 10 minutes, and when a token names an unknown kid (at most every 30 s).
+    #[arg(long, env = "HERALD_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+
     /// Streams matching this pattern (a name, or a prefix ending in `*`) can only be read with
     /// a token whose subscribe claim covers them: SSE, history and presence alike. Repeatable;
     /// comma-separated in the environment variable.
@@ -449,7 +455,8 @@ impl ServeArgs {
             .iter()
             .map(|p| StreamPattern::parse(p.trim()).map_err(|e| format!("--private: {}", e.0)))
             .collect::<Result<Vec<_>, _>>()?;
-        let tokens = jwt_secret.is_some() || !self.jwt_public_key.is_empty();
+        let tokens =
+            jwt_secret.is_some() || !self.jwt_public_key.is_empty() || self.jwks_url.is_some();
         if !private.is_empty() && publish_token.is_none() && !tokens {
             return Err(
                 "--private needs --jwt-secret (or --publish-token): otherwise no one could read \
@@ -466,6 +473,7 @@ impl ServeArgs {
         }
         Ok(Access::new(publish_token, jwt_secret, private)
             .with_public_key_files(self.jwt_public_key.clone())?
+            .with_jwks_url(self.jwks_url.clone())?
             .with_metrics_token(metrics_token))
     }
 }

@@ -62,6 +62,12 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         }
         None => None,
     };
+    config
+        .http
+        .access
+        .start()
+        .await
+        .map_err(ServeError::Refused)?;
     raise_file_limit();
     let broker = match &config.redis {
         None => Broker::open(config.broker.clone()).map_err(ServeError::Store)?,

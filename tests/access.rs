@@ -729,3 +729,130 @@ fn a_bad_public_key_file_is_one_clear_line_at_start_up() {
         assert!(first.contains(expected), "{first}");
     }
 }
+
+/// An Ed25519 key pair for a JWKS: (private key file, the public key as a JWK with this kid).
+fn jwk_pair(dir: &std::path::Path, kid: &str) -> (String, Value) {
+    use base64::Engine;
+    let (private, _) = key_pair(dir, kid, &["-algorithm", "ed25519"]);
+    let der = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in", &private])
+        .output()
+        .unwrap()
+        .stdout;
+    // The raw Ed25519 public key is the last 32 bytes of its SubjectPublicKeyInfo.
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
+    let jwk =
+        json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
+    (private, jwk)
+}
+
+/// A local identity provider's JWKS endpoint: answers what `set` holds, counting fetches.
+struct Provider {
+    url: String,
+    set: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Provider {
+    async fn start(set: String) -> Provider {
+        use std::sync::atomic::Ordering;
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(set));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, f) = (shared.clone(), fetches.clone());
+        let route = warp::Filter::map(warp::path!("jwks.json"), move || {
+            f.fetch_add(1, Ordering::SeqCst);
+            let body = s.lock().unwrap().clone();
+            warp::http::Response::builder()
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        Provider {
+            url: format!("http://{address}/jwks.json"),
+            set: shared,
+            fetches,
+        }
+    }
+
+    fn serve(&self, set: String) {
+        *self.set.lock().unwrap() = set;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_is_fetched_again_for_a_new_kid_but_not_for_every_made_up_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, first_jwk) = jwk_pair(dir.path(), "k1");
+    let (second, second_jwk) = jwk_pair(dir.path(), "k2");
+    let (stranger, _) = jwk_pair(dir.path(), "k3");
+    let provider = Provider::start(json!({"keys": [first_jwk.clone()]}).to_string()).await;
+    let server = Server::start(&["--jwks-url", &provider.url, "--private", "user:*"]);
+    assert_eq!(provider.fetches(), 1, "fetched at start-up");
+    let read = |token: String| {
+        let url = server.at(&format!("/streams/user:42/events?token={token}"));
+        async move { client().get(url).send().await.unwrap().status() }
+    };
+    let token = |private: &str, kid: &str| {
+        minted_with(&[
+            "--jwt-private-key",
+            private,
+            "--kid",
+            kid,
+            "--subscribe",
+            "user:42",
+        ])
+    };
+    assert_eq!(read(token(&first, "k1")).await, StatusCode::OK);
+    assert_eq!(provider.fetches(), 1, "a known kid fetches nothing");
+
+    // The provider rotates in a new key: its first token works.
+    provider.serve(json!({"keys": [first_jwk.clone(), second_jwk]}).to_string());
+    assert_eq!(read(token(&second, "k2")).await, StatusCode::OK);
+    assert_eq!(provider.fetches(), 2);
+    // Made-up kids right after: refused, and no fetch storm.
+    for _ in 0..5 {
+        assert_eq!(read(token(&stranger, "k3")).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        provider.fetches(),
+        2,
+        "at most one fetch per 30 s for unknown kids"
+    );
+    // A key of the set is not a key for another kid's tokens.
+    assert_eq!(read(token(&first, "k2")).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_that_answers_garbage_at_start_up_is_one_clear_line() {
+    let provider = Provider::start("this is not json".into()).await;
+    for url in [
+        provider.url.clone(),
+        format!("http://127.0.0.1:{}/jwks.json", free_port()),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--memory",
+                "--jwks-url",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let first = stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        assert!(first.contains("--jwks-url"), "{stderr}");
+    }
+}

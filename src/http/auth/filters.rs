@@ -28,10 +28,18 @@ pub fn reader(
     warp::header::headers_cloned()
         .and(raw_query())
         .and(with_api(api))
-        .map(|headers: HeaderMap, query: String, api: Api| {
+        .then(|headers: HeaderMap, query: String, api: Api| async move {
+            let credentials = Credentials::from_request(&headers, &query);
+            let token = credentials
+                .authorization
+                .as_deref()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .or(credentials.cookie.as_deref())
+                .or(credentials.query.as_deref());
+            api.options.access.prepare(token).await;
             api.options
                 .access
-                .reader(&Credentials::from_request(&headers, &query))
+                .reader(&credentials)
                 .map_err(ApiError::from)
         })
 }
@@ -44,7 +52,11 @@ pub fn publisher(
         .or(warp::any().map(|| None))
         .unify()
         .and(with_api(api))
-        .map(|authorization: Option<String>, api: Api| {
+        .then(|authorization: Option<String>, api: Api| async move {
+            let token = authorization
+                .as_deref()
+                .and_then(|h| h.strip_prefix("Bearer "));
+            api.options.access.prepare(token).await;
             api.options
                 .access
                 .publisher(authorization.as_deref())

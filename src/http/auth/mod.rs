@@ -17,6 +17,7 @@
 mod claims;
 mod credentials;
 mod filters;
+mod jwks;
 mod keys;
 mod pattern;
 
@@ -105,6 +106,8 @@ pub struct Access {
     /// by every clone of these rules so a reload (`SIGHUP`) reaches them all; and their files.
     public_keys: Arc<RwLock<Vec<PublicKey>>>,
     public_key_files: Vec<PathBuf>,
+    /// An identity provider's key set, fetched from `--jwks-url`.
+    jwks: Option<Arc<jwks::Jwks>>,
     private: Vec<StreamPattern>,
 }
 
@@ -139,7 +142,63 @@ impl Access {
             jwt,
             public_keys: Arc::default(),
             public_key_files: Vec::new(),
+            jwks: None,
             private,
+        }
+    }
+
+    /// These rules, also taking tokens signed with a key of the set at `url` (fetched by
+    /// [`Access::start`]).
+    pub fn with_jwks_url(mut self, url: Option<String>) -> Result<Access, String> {
+        self.jwks = url.map(jwks::Jwks::new).transpose()?.map(Arc::new);
+        Ok(self)
+    }
+
+    /// Fetches the JWKS, if there is one (an error is one line saying why), and keeps it
+    /// fresh from then on. Call once, on the runtime that serves.
+    pub async fn start(&self) -> Result<(), String> {
+        let Some(set) = &self.jwks else {
+            return Ok(());
+        };
+        let n = set.fetch().await?;
+        tracing::info!(keys = n, "fetched the JWKS");
+        let set = Arc::downgrade(set);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(jwks::REFRESH).await;
+                let Some(set) = set.upgrade() else {
+                    return;
+                };
+                if let Err(e) = set.fetch().await {
+                    tracing::warn!(error = %e, "refreshing the JWKS failed; keeping its last keys");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Before a token is checked: when it names a `kid` that no key has, fetch the JWKS again
+    /// (rate-limited), so a provider's new key works from its first token.
+    pub async fn prepare(&self, token: Option<&str>) {
+        let (Some(set), Some(token)) = (&self.jwks, token) else {
+            return;
+        };
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return;
+        };
+        if header.alg == Algorithm::HS256 {
+            return;
+        }
+        if let Some(kid) = header.kid {
+            let in_files = self
+                .public_keys
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|k| k.kid == kid);
+            if !in_files {
+                set.refresh_for(&kid).await;
+            }
         }
     }
 
@@ -211,7 +270,7 @@ impl Access {
     }
 
     pub fn uses_jwt(&self) -> bool {
-        self.jwt.is_some() || !self.public_key_files.is_empty()
+        self.jwt.is_some() || !self.public_key_files.is_empty() || self.jwks.is_some()
     }
 
     /// The grant of a publisher, from its `Authorization` header (the only place a publisher's
@@ -351,8 +410,10 @@ impl Access {
             return decoded(token, key, validation);
         }
         let public_keys = self.public_keys.read().unwrap_or_else(|e| e.into_inner());
+        let from_jwks = self.jwks.as_ref().map(|set| set.keys());
         let mut keys = public_keys
             .iter()
+            .chain(from_jwks.iter().flat_map(|set| set.iter()))
             .filter(|k| k.algorithm == header.alg)
             .filter(|k| header.kid.as_ref().is_none_or(|kid| *kid == k.kid))
             .peekable();
