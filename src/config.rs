@@ -14,7 +14,7 @@ use crate::cli::publish::PublishArgs;
 use crate::cli::relay::RelayArgs;
 use crate::cli::subscribe::SubscribeArgs;
 use crate::cli::token::TokenArgs;
-use crate::http::auth::{Access, StreamPattern};
+use crate::http::auth::{Access, AppAuthOptions, StreamPattern};
 use crate::http::rate::PublishRate;
 use crate::http::{HeartbeatStyle, HttpOptions};
 
@@ -168,6 +168,22 @@ pub struct ServeArgs {
     /// 10 minutes, and when a token names an unknown kid (at most every 30 s).
     #[arg(long, env = "HERALD_JWKS_URL", value_name = "URL")]
     pub jwks_url: Option<String>,
+
+    /// Ask this URL of your app about reads of private streams no token covers: herald sends
+    /// `GET <url>?stream=<name>…` with the reader's Cookie, Authorization, Origin and
+    /// X-Forwarded-For; a 2xx allows (its JSON `{"client": "<id>"}` is the presence id), a 401
+    /// or 403 is passed on, anything else or no answer in --auth-timeout makes herald ask the
+    /// reader to come back later.
+    #[arg(long, env = "HERALD_AUTH_URL", value_name = "URL")]
+    pub auth_url: Option<String>,
+
+    /// Seconds herald waits for the app's answer (decimals allowed).
+    #[arg(long, env = "HERALD_AUTH_TIMEOUT", default_value = "2", value_parser = parse_seconds)]
+    pub auth_timeout: Duration,
+
+    /// Seconds an app's answer is kept for identical headers and streams (0: ask every time).
+    #[arg(long, env = "HERALD_AUTH_CACHE", default_value = "0", value_parser = parse_seconds_or_zero)]
+    pub auth_cache: Duration,
 
     /// Streams matching this pattern (a name, or a prefix ending in `*`) can only be read with
     /// a token whose subscribe claim covers them: SSE, history and presence alike. Repeatable;
@@ -455,26 +471,36 @@ impl ServeArgs {
             .iter()
             .map(|p| StreamPattern::parse(p.trim()).map_err(|e| format!("--private: {}", e.0)))
             .collect::<Result<Vec<_>, _>>()?;
-        let tokens =
-            jwt_secret.is_some() || !self.jwt_public_key.is_empty() || self.jwks_url.is_some();
+        let tokens = jwt_secret.is_some()
+            || !self.jwt_public_key.is_empty()
+            || self.jwks_url.is_some()
+            || self.auth_url.is_some();
         if !private.is_empty() && publish_token.is_none() && !tokens {
             return Err(
-                "--private needs --jwt-secret (or --publish-token): otherwise no one could read \
+                "--private needs a way to prove a reader (--jwt-secret, --jwt-public-key, --jwks-url, --auth-url or --publish-token): otherwise no one could read \
                  those streams"
                     .into(),
             );
         }
         let metrics_token = secret("--metrics-token", &self.metrics_token)?;
-        if tokens && publish_token.is_none() && metrics_token.is_none() {
+        let unguarded_metrics = tokens && publish_token.is_none() && metrics_token.is_none();
+        let access = Access::new(publish_token, jwt_secret, private)
+            .with_public_key_files(self.jwt_public_key.clone())?
+            .with_jwks_url(self.jwks_url.clone())?
+            .with_app_auth(self.auth_url.clone().map(|url| AppAuthOptions {
+                url,
+                timeout: self.auth_timeout,
+                cache: self.auth_cache,
+            }))?
+            .with_metrics_token(metrics_token);
+        // After every check: an error, if any, is the first line of stderr.
+        if unguarded_metrics {
             tracing::warn!(
-                "/metrics needs --metrics-token (or --publish-token) now that JWTs are \
+                "/metrics needs --metrics-token (or --publish-token) now that credentials are \
                  configured: without one it answers 401"
             );
         }
-        Ok(Access::new(publish_token, jwt_secret, private)
-            .with_public_key_files(self.jwt_public_key.clone())?
-            .with_jwks_url(self.jwks_url.clone())?
-            .with_metrics_token(metrics_token))
+        Ok(access)
     }
 }
 

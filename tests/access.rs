@@ -856,3 +856,206 @@ async fn a_jwks_url_that_answers_garbage_at_start_up_is_one_clear_line() {
         assert!(first.contains("--jwks-url"), "{stderr}");
     }
 }
+
+/// The app behind `--auth-url`, as a Django or Rails app would be: it knows users by their
+/// session cookie and lets each read only their own `inbox:<user>`. It records what it was
+/// asked.
+struct App {
+    url: String,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<Call>>>,
+}
+
+/// One question to the app: its query, and the headers it came with.
+type Call = (String, Vec<(String, String)>);
+
+impl App {
+    async fn start() -> App {
+        use warp::Filter;
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = calls.clone();
+        let route = warp::path!("auth")
+            .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+            .and(warp::header::headers_cloned())
+            .then(move |query: String, headers: warp::http::HeaderMap| {
+                let log = log.clone();
+                async move {
+                    let seen: Vec<(String, String)> = ["cookie", "origin", "x-forwarded-for"]
+                        .iter()
+                        .filter_map(|h| {
+                            Some((h.to_string(), headers.get(*h)?.to_str().ok()?.to_owned()))
+                        })
+                        .collect();
+                    log.lock().unwrap().push((query.clone(), seen));
+                    let cookie = headers
+                        .get("cookie")
+                        .and_then(|c| c.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let user = cookie.strip_prefix("session=").unwrap_or_default();
+                    let answer = |status: u16, body: Value| {
+                        warp::http::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(body.to_string())
+                            .unwrap()
+                    };
+                    match user {
+                        "" => answer(401, json!({"error": "log in first"})),
+                        "broken" => answer(500, json!({})),
+                        "slow" => {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            answer(200, json!({}))
+                        }
+                        user => {
+                            let own = format!("stream=inbox%3A{user}");
+                            if query.split('&').all(|p| p == own) {
+                                answer(200, json!({"client": user}))
+                            } else {
+                                answer(403, json!({"error": "that is not your inbox"}))
+                            }
+                        }
+                    }
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        App {
+            url: format!("http://{address}/auth"),
+            calls,
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_decides_private_reads_no_token_covers() {
+    let app = App::start().await;
+    let server = Server::start(&[
+        "--auth-url",
+        &app.url,
+        "--auth-timeout",
+        "0.5",
+        "--private",
+        "inbox:*",
+    ]);
+    publish(&server, "inbox:alice", "for alice").await;
+    let get = |path: &str, cookie: Option<&str>, accept: Option<&str>| {
+        let mut request = client()
+            .get(server.at(path))
+            .header("Origin", "https://app.example.com");
+        if let Some(cookie) = cookie {
+            request = request.header("Cookie", cookie);
+        }
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    // Alice reads her inbox, live and from history; the app's client id is her presence id.
+    let sse = get(
+        "/sse?stream=inbox:alice&last_id=0",
+        Some("session=alice"),
+        None,
+    )
+    .await;
+    assert_eq!(sse.status(), 200);
+    let mut events = Box::pin(eventsource_stream::Eventsource::eventsource(
+        sse.bytes_stream(),
+    ));
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut events),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert_eq!(first.data, "for alice");
+    let members: Value = get("/streams/inbox:alice/presence", Some("session=alice"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(members["clients"][0]["client"], "alice", "{members}");
+    let (_, seen) = app.calls.lock().unwrap()[0].clone();
+    assert!(
+        seen.iter()
+            .any(|(h, v)| h == "origin" && v == "https://app.example.com"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(h, v)| h == "x-forwarded-for" && v.contains("127.0.0.1")),
+        "{seen:?}"
+    );
+
+    // Bob's inbox: the app's 403, with its words; no session: its 401.
+    let bobs = get("/streams/inbox:bob/events", Some("session=alice"), None).await;
+    assert_eq!(bobs.status(), StatusCode::FORBIDDEN);
+    let body: Value = bobs.json().await.unwrap();
+    assert_eq!(body["error"], "that is not your inbox");
+    let anonymous = get("/sse?stream=inbox:alice", None, None).await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    // The app is broken or slow: an EventSource is told to come back, anything else gets 503.
+    for session in ["session=broken", "session=slow"] {
+        let started = std::time::Instant::now();
+        let browser = get(
+            "/sse?stream=inbox:alice",
+            Some(session),
+            Some("text/event-stream"),
+        )
+        .await;
+        assert_eq!(browser.status(), 200, "{session}");
+        let body = browser.text().await.unwrap();
+        assert!(body.contains("retry: "), "{session}: {body:?}");
+        let plain = get("/streams/inbox:alice/events", Some(session), None).await;
+        assert_eq!(plain.status(), StatusCode::SERVICE_UNAVAILABLE, "{session}");
+        assert!(plain.headers().contains_key("retry-after"));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{session}: bounded by --auth-timeout"
+        );
+    }
+
+    // Public streams never ask the app.
+    let before = app.calls();
+    publish(&server, "news", "public").await;
+    assert_eq!(get("/streams/news/events", None, None).await.status(), 200);
+    assert_eq!(app.calls(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_answers_are_cached_only_when_asked() {
+    let app = App::start().await;
+    let server = Server::start(&[
+        "--auth-url",
+        &app.url,
+        "--auth-cache",
+        "60",
+        "--private",
+        "inbox:*",
+    ]);
+    for _ in 0..3 {
+        let response = client()
+            .get(server.at("/streams/inbox:carol/events"))
+            .header("Cookie", "session=carol")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(app.calls(), 1, "identical requests: one call");
+    let other = client()
+        .get(server.at("/streams/inbox:carol/events"))
+        .header("Cookie", "session=dave")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.calls(), 2, "other headers: asked again");
+}

@@ -6,7 +6,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::api::Api;
-use super::auth::{self, Grant};
+use super::auth::{self, AppRequest, Grant};
 use super::error::{respond, ApiError};
 use super::request::{query_pairs, raw_query, readable_stream, with_api};
 use super::wire::{streams_json, EventJson, StreamJson};
@@ -31,27 +31,31 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
     let one = warp::path!("streams" / String)
         .and(warp::get())
         .and(auth::reader(api.clone()))
+        .and(auth::app_request())
         .and(with_api(api.clone()))
-        .then(|stream: String, grant, api: Api| async move {
-            respond(
-                async {
-                    let stream = readable_stream(&api, &stream, grant)?;
-                    let info = api.broker.stream_info(&stream).await?;
-                    Ok(warp::reply::json(&StreamJson::from(&info)).into_response())
-                }
-                .await,
-            )
-        });
+        .then(
+            |stream: String, grant, ask: AppRequest, api: Api| async move {
+                respond(
+                    async {
+                        let stream = readable_stream(&api, &stream, grant, &ask).await?;
+                        let info = api.broker.stream_info(&stream).await?;
+                        Ok(warp::reply::json(&StreamJson::from(&info)).into_response())
+                    }
+                    .await,
+                )
+            },
+        );
     let events = warp::path!("streams" / String / "events")
         .and(warp::get())
         .and(raw_query())
         .and(auth::reader(api.clone()))
+        .and(auth::app_request())
         .and(with_api(api.clone()))
         .then(
-            |stream: String, query: String, grant, api: Api| async move {
+            |stream: String, query: String, grant, ask: AppRequest, api: Api| async move {
                 respond(
                     async {
-                        let stream = readable_stream(&api, &stream, grant)?;
+                        let stream = readable_stream(&api, &stream, grant, &ask).await?;
                         read_events(&api, stream, &query).await
                     }
                     .await,
@@ -61,16 +65,19 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
     let event = warp::path!("streams" / String / "events" / String)
         .and(warp::get())
         .and(auth::reader(api.clone()))
+        .and(auth::app_request())
         .and(with_api(api))
-        .then(|stream: String, id: String, grant, api: Api| async move {
-            respond(
-                async {
-                    let stream = readable_stream(&api, &stream, grant)?;
-                    read_event(&api, stream, &id).await
-                }
-                .await,
-            )
-        });
+        .then(
+            |stream: String, id: String, grant, ask: AppRequest, api: Api| async move {
+                respond(
+                    async {
+                        let stream = readable_stream(&api, &stream, grant, &ask).await?;
+                        read_event(&api, stream, &id).await
+                    }
+                    .await,
+                )
+            },
+        );
     event.or(events).unify().or(one).unify().or(list).unify()
 }
 

@@ -49,17 +49,20 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
     let get_retention = warp::path!("streams" / String / "retention")
         .and(warp::get())
         .and(auth::reader(api.clone()))
+        .and(auth::app_request())
         .and(with_api(api.clone()))
-        .then(|stream: String, grant, api: Api| async move {
-            respond(
-                async {
-                    let stream = readable_stream(&api, &stream, grant)?;
-                    let retention = api.broker.retention(&stream).await?;
-                    Ok(warp::reply::json(&RetentionBody::from(retention)).into_response())
-                }
-                .await,
-            )
-        });
+        .then(
+            |stream: String, grant, ask: auth::AppRequest, api: Api| async move {
+                respond(
+                    async {
+                        let stream = readable_stream(&api, &stream, grant, &ask).await?;
+                        let retention = api.broker.retention(&stream).await?;
+                        Ok(warp::reply::json(&RetentionBody::from(retention)).into_response())
+                    }
+                    .await,
+                )
+            },
+        );
     let put_retention = warp::path!("streams" / String / "retention")
         .and(warp::put())
         .and(auth::publisher(api.clone()))

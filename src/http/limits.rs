@@ -33,6 +33,8 @@ pub enum Full {
     Address(usize),
     /// Not a cap: the shared event store cannot be reached now.
     StoreAway,
+    /// Not a cap: the app that decides who reads (`--auth-url`) cannot be asked now.
+    AppAway,
 }
 
 /// One open subscription's place; given back when dropped.
@@ -113,6 +115,10 @@ pub fn turned_away(full: Full, accepts_event_stream: bool, retry_window: Duratio
         Full::StoreAway => (
             StatusCode::SERVICE_UNAVAILABLE,
             "herald cannot reach its event store right now; try again later".to_owned(),
+        ),
+        Full::AppAway => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "herald cannot ask the app who may read this right now; try again later".to_owned(),
         ),
     };
     if accepts_event_stream {

@@ -13,18 +13,21 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
     warp::path!("streams" / String / "presence")
         .and(warp::get())
         .and(auth::reader(api.clone()))
+        .and(auth::app_request())
         .and(with_api(api))
-        .then(|stream: String, grant, api: Api| async move {
-            respond(
-                async {
-                    let stream = readable_stream(&api, &stream, grant)?;
-                    let members = api.broker.presence().members(&stream).await?;
-                    Ok(
-                        warp::reply::json(&super::wire::PresenceJson::from(&members))
-                            .into_response(),
-                    )
-                }
-                .await,
-            )
-        })
+        .then(
+            |stream: String, grant, ask: auth::AppRequest, api: Api| async move {
+                respond(
+                    async {
+                        let stream = readable_stream(&api, &stream, grant, &ask).await?;
+                        let members = api.broker.presence().members(&stream).await?;
+                        Ok(
+                            warp::reply::json(&super::wire::PresenceJson::from(&members))
+                                .into_response(),
+                        )
+                    }
+                    .await,
+                )
+            },
+        )
 }

@@ -46,18 +46,22 @@ pub(super) fn stream_from_path(segment: &str) -> Result<StreamName, ApiError> {
     Ok(StreamName::new(&decoded)?)
 }
 
-/// The path's stream, when `grant` may read it (credentials are checked before the name).
-pub(super) fn readable_stream(
+/// The path's stream, when `grant` may read it — or, for a private stream no token covers,
+/// when the app says so (`--auth-url`). Credentials are checked before the name.
+pub(super) async fn readable_stream(
     api: &Api,
     segment: &str,
     grant: Result<auth::Grant, ApiError>,
+    ask: &auth::AppRequest,
 ) -> Result<StreamName, ApiError> {
-    permitted_stream(segment, grant, |grant, stream| {
-        api.options
-            .access
-            .check_read(grant, stream)
-            .map_err(ApiError::from)
-    })
+    let grant = grant?;
+    let stream = stream_from_path(segment)?;
+    api.options
+        .access
+        .authorize_reads(&grant, std::slice::from_ref(&stream), ask)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(stream)
 }
 
 /// The path's stream, when `grant` may publish to (close, delete, configure) it.

@@ -21,6 +21,14 @@ pub fn challenge(mut response: Response) -> Response {
     response
 }
 
+/// What the app is asked with, when a read needs it (`--auth-url`).
+pub fn app_request(
+) -> impl Filter<Extract = (super::AppRequest,), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned()
+        .and(crate::http::request::peer_addr())
+        .map(|headers: HeaderMap, peer| super::AppRequest::from_request(&headers, peer))
+}
+
 /// The reader's grant (or the 401 its bad credentials earn), for read routes.
 pub fn reader(
     api: Api,

@@ -14,6 +14,7 @@
 //! Here: the policy. `pattern.rs` (stream patterns), `claims.rs` (what a JWT grants),
 //! `credentials.rs` (where a token comes from), `filters.rs` (the warp side).
 
+mod app;
 mod claims;
 mod credentials;
 mod filters;
@@ -32,11 +33,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 
+pub use self::app::{app_away, AppAuthOptions, AppRequest, Verdict};
 pub use self::claims::Claims;
 use self::claims::RawClaims;
 use self::credentials::bearer;
 pub use self::credentials::{Credentials, TOKEN_COOKIE};
-pub use self::filters::{challenge, publisher, reader};
+pub use self::filters::{app_request, challenge, publisher, reader};
 pub use self::keys::PublicKey;
 use self::pattern::any_matches;
 pub use self::pattern::StreamPattern;
@@ -60,6 +62,23 @@ impl From<Denied> for ApiError {
         match denied {
             Denied::Unauthenticated(message) => ApiError::new(StatusCode::UNAUTHORIZED, message),
             Denied::Forbidden(message) => ApiError::new(StatusCode::FORBIDDEN, message),
+        }
+    }
+}
+
+/// Why a read was not allowed: refused (by the rules or the app), or the app could not be
+/// asked.
+#[derive(Debug)]
+pub enum ReadRefused {
+    Denied(Denied),
+    AppAway(String),
+}
+
+impl From<ReadRefused> for ApiError {
+    fn from(refused: ReadRefused) -> ApiError {
+        match refused {
+            ReadRefused::Denied(denied) => denied.into(),
+            ReadRefused::AppAway(reason) => app_away(&reason),
         }
     }
 }
@@ -108,6 +127,8 @@ pub struct Access {
     public_key_files: Vec<PathBuf>,
     /// An identity provider's key set, fetched from `--jwks-url`.
     jwks: Option<Arc<jwks::Jwks>>,
+    /// The app that decides reads no token covers (`--auth-url`).
+    app: Option<Arc<app::AppAuth>>,
     private: Vec<StreamPattern>,
 }
 
@@ -143,7 +164,51 @@ impl Access {
             public_keys: Arc::default(),
             public_key_files: Vec::new(),
             jwks: None,
+            app: None,
             private,
+        }
+    }
+
+    /// These rules, asking the app about reads of private streams no token covers.
+    pub fn with_app_auth(mut self, options: Option<AppAuthOptions>) -> Result<Access, String> {
+        self.app = options.map(app::AppAuth::new).transpose()?.map(Arc::new);
+        Ok(self)
+    }
+
+    /// Whether reads no token covers are put to the app.
+    pub fn asks_the_app(&self) -> bool {
+        self.app.is_some()
+    }
+
+    /// Checks that `grant` may read every one of `streams`; those no token covers go to the app
+    /// when there is one (all in one call). The client id the app vouched for, if any.
+    pub async fn authorize_reads(
+        &self,
+        grant: &Grant,
+        streams: &[StreamName],
+        request: &AppRequest,
+    ) -> Result<Option<ClientId>, ReadRefused> {
+        let mut uncovered = Vec::new();
+        let mut first = None;
+        for stream in streams {
+            if let Err(denied) = self.check_read(grant, stream) {
+                uncovered.push(stream.clone());
+                first.get_or_insert(denied);
+            }
+        }
+        let Some(denied) = first else {
+            return Ok(None);
+        };
+        let Some(app) = &self.app else {
+            return Err(ReadRefused::Denied(denied));
+        };
+        match app.ask(request, &uncovered).await {
+            Ok(Verdict::Allowed(client)) => Ok(client),
+            Ok(Verdict::Refused(status, message)) if status == StatusCode::UNAUTHORIZED => {
+                Err(ReadRefused::Denied(unauthorized(message)))
+            }
+            Ok(Verdict::Refused(_, message)) => Err(ReadRefused::Denied(forbidden(message))),
+            Err(reason) => Err(ReadRefused::AppAway(reason)),
         }
     }
 
@@ -232,7 +297,7 @@ impl Access {
     /// Whether `GET /metrics` needs a token: once any credential is configured, because it
     /// names streams, private ones included.
     pub fn metrics_need_a_token(&self) -> bool {
-        !self.is_open() || self.metrics_token.is_some()
+        self.has_credentials() || self.metrics_token.is_some()
     }
 
     /// Checks `GET /metrics`'s `Authorization` header: the metrics token or the publish token,
@@ -267,6 +332,11 @@ impl Access {
     /// True when anyone may publish: no publish token and no JWT secret.
     pub fn is_open(&self) -> bool {
         self.publish_token.is_none() && !self.uses_jwt()
+    }
+
+    /// Whether any credential is configured (so `/metrics` needs a token).
+    pub fn has_credentials(&self) -> bool {
+        !self.is_open() || self.app.is_some()
     }
 
     pub fn uses_jwt(&self) -> bool {

@@ -48,6 +48,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
         .and(warp::header::optional::<String>("last-event-id"))
         .and(warp::header::optional::<String>("accept"))
         .and(auth::reader(api.clone()))
+        .and(auth::app_request())
         .and(peer_addr())
         .and(warp::ext::optional::<RequestId>())
         .and(with_api(api))
@@ -56,6 +57,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
              last_event_id: Option<String>,
              accept: Option<String>,
              grant,
+             ask: auth::AppRequest,
              peer,
              id: Option<RequestId>,
              api| async move {
@@ -64,6 +66,7 @@ pub fn routes(api: Api) -> impl Filter<Extract = (Response,), Error = warp::Reje
                     last_event_id,
                     accept,
                     grant,
+                    ask,
                     peer,
                     id: id.map_or_else(|| Uuid::new_v4().simple().to_string(), |id| id.0),
                 };
@@ -78,6 +81,8 @@ struct Request {
     last_event_id: Option<String>,
     accept: Option<String>,
     grant: Result<Grant, ApiError>,
+    /// What the app is asked with, for private streams no token covers.
+    ask: auth::AppRequest,
     peer: Option<SocketAddr>,
     /// The request id, which the connection's log lines carry.
     id: String,
@@ -91,10 +96,33 @@ async fn subscribe(api: Api, arrived: Request) -> Result<Response, ApiError> {
         api.options.max_streams_per_subscription,
     )?;
     let access = &api.options.access;
-    for stream in &request.streams {
-        access.check_read(&grant, stream)?;
-    }
-    let client = access.presence_id(&grant, request.client)?;
+    let vouched = match access
+        .authorize_reads(&grant, &request.streams, &arrived.ask)
+        .await
+    {
+        Ok(vouched) => vouched,
+        // The app cannot decide now: an EventSource is told to come back (any non-200 would
+        // stop it for good), anything else gets a 503.
+        Err(auth::ReadRefused::AppAway(reason)) => {
+            tracing::warn!(%reason, "a subscriber waits for the app (--auth-url)");
+            let why = crate::http::limits::Full::AppAway;
+            return Ok(*api.turn_away(why, arrived.peer, arrived.accept.as_deref()));
+        }
+        Err(auth::ReadRefused::Denied(denied)) => return Err(denied.into()),
+    };
+    let client = match vouched {
+        // The app vouched for who this is: that is the member, as a token's `sub` would be.
+        Some(id) => match request.client {
+            Some(asked) if asked != id => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("client={asked} is not the client the app vouched for ({id})"),
+                ))
+            }
+            _ => Some(id),
+        },
+        None => access.presence_id(&grant, request.client)?,
+    };
     let subscription = api.broker.subscribe(request.streams, request.start);
     match subscription.is_finished().await {
         // Only sealed streams, nothing left to send: the one answer that makes EventSource stop.
