@@ -1059,3 +1059,32 @@ async fn the_apps_answers_are_cached_only_when_asked() {
     assert_eq!(other.status(), StatusCode::FORBIDDEN);
     assert_eq!(app.calls(), 2, "other headers: asked again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_jwks_refresh_keeps_the_last_good_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, first_jwk) = jwk_pair(dir.path(), "k1");
+    let (stranger, _) = jwk_pair(dir.path(), "k9");
+    let provider = Provider::start(json!({"keys": [first_jwk]}).to_string()).await;
+    let server = Server::start(&["--jwks-url", &provider.url, "--private", "user:*"]);
+    provider.serve("<html>the provider is down</html>".into());
+    let read = |token: String| {
+        let url = server.at(&format!("/streams/user:42/events?token={token}"));
+        async move { client().get(url).send().await.unwrap().status() }
+    };
+    let token = |private: &str, kid: &str| {
+        minted_with(&[
+            "--jwt-private-key",
+            private,
+            "--kid",
+            kid,
+            "--subscribe",
+            "user:42",
+        ])
+    };
+    // An unknown kid makes herald fetch; the fetch fails.
+    assert_eq!(read(token(&stranger, "k9")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(provider.fetches(), 2);
+    // The keys it had still verify.
+    assert_eq!(read(token(&first, "k1")).await, StatusCode::OK);
+}
