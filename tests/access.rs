@@ -412,7 +412,7 @@ async fn an_sse_response_ends_when_its_token_expires() {
 fn an_open_publish_api_is_refused_on_a_public_address() {
     let run = |args: &[&str]| {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        let mut child = common::herald_command()
             .args(["--listen", "0.0.0.0:0", "--memory"])
             .args(args)
             .current_dir(dir.path())
@@ -447,7 +447,7 @@ fn an_open_publish_api_is_refused_on_a_public_address() {
 
 /// `herald token …` with the secret in the environment, as an operator runs it.
 fn minted(secret: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = common::herald_command()
         .arg("token")
         .args(args)
         .env("HERALD_JWT_SECRET", secret)
@@ -686,7 +686,7 @@ async fn public_key_tokens_are_verified_with_the_keys_own_algorithm() {
 
 /// `herald token …` with these flags and no secret in the environment.
 fn minted_with(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = common::herald_command()
         .arg("token")
         .args(args)
         .env_remove("HERALD_JWT_SECRET")
@@ -712,7 +712,7 @@ fn a_bad_public_key_file_is_one_clear_line_at_start_up() {
         (garbage.display().to_string(), "is not a PEM public key"),
         (ed.0.clone(), "is a private key"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        let out = common::herald_command()
             .args([
                 "serve",
                 "--listen",
@@ -836,7 +836,7 @@ async fn a_jwks_url_that_answers_garbage_at_start_up_is_one_clear_line() {
         provider.url.clone(),
         format!("http://127.0.0.1:{}/jwks.json", free_port()),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        let out = common::herald_command()
             .args([
                 "serve",
                 "--listen",

@@ -3,6 +3,8 @@
 //! Set `HERALD_SKIP_BROWSER=1` to skip deliberately; otherwise a missing browser is a failure,
 //! not a silent pass.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -21,7 +23,9 @@ fn run_browser_script_with(script: &str, env: &[(&str, &str)]) {
             && Path::new("/usr/bin/chromium").exists(),
         "browser tests need Chromium and playwright-core: run scripts/test, which installs them"
     );
-    let status = Command::new("node")
+    let mut node = Command::new("node");
+    common::clean_env(&mut node);
+    let status = node
         .arg(script)
         .current_dir(&dir)
         .env("HERALD_BIN", env!("CARGO_BIN_EXE_herald"))

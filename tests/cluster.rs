@@ -595,7 +595,7 @@ struct Relay(std::process::Child);
 
 impl Relay {
     fn start(redis: &RedisServer, key: &str, herald: &Server) -> Relay {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        let child = common::herald_command()
             .args(["relay", &redis.url(), "--key", key, "--to", key])
             .args(["--url", &herald.url, "--backoff", "0.1"])
             .stdout(std::process::Stdio::null())
@@ -675,7 +675,7 @@ fn a_misconfigured_redis_is_one_clear_line_at_start_up() {
         (nowhere, "cannot be reached"),
         ("not a url".to_owned(), "is not a Redis URL"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        let out = common::herald_command()
             .args(["serve", "--listen", "127.0.0.1:0", "--redis", &url])
             .env("RUST_LOG", "herald=warn")
             .output()

@@ -192,8 +192,9 @@ fn run(block: &Block) -> Result<(), String> {
     );
     let mut child = {
         use std::os::unix::process::CommandExt;
-        Command::new("bash")
-            .arg("-c")
+        let mut bash = Command::new("bash");
+        common::clean_env(&mut bash);
+        bash.arg("-c")
             .arg(&script)
             .current_dir(dir.path())
             .env("PATH", path)

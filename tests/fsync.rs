@@ -35,7 +35,9 @@ async fn every_durable_publish_is_answered_only_after_an_fdatasync_of_the_log() 
         env!("CARGO_BIN_EXE_herald"),
         data.display()
     );
-    let mut strace = Command::new("strace")
+    let mut strace = Command::new("strace");
+    common::clean_env(&mut strace);
+    let mut strace = strace
         .args([
             "-f",
             "-y",

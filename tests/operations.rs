@@ -235,7 +235,7 @@ async fn https_with_h2_carries_20_sse_streams_on_one_connection() {
 
 #[test]
 fn a_bad_certificate_path_is_refused_with_the_file_named() {
-    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let output = common::herald_command()
         .args(["--memory", "--listen", "127.0.0.1:0"])
         .args([
             "--tls-cert",
@@ -252,7 +252,7 @@ fn a_bad_certificate_path_is_refused_with_the_file_named() {
         first.contains("--tls-cert /nonexistent/cert.pem"),
         "{stderr}"
     );
-    let only_one = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let only_one = common::herald_command()
         .args(["--tls-cert", "c.pem"])
         .output()
         .unwrap();
@@ -261,10 +261,7 @@ fn a_bad_certificate_path_is_refused_with_the_file_named() {
 
 #[test]
 fn version_is_printed() {
-    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("--version")
-        .output()
-        .unwrap();
+    let output = common::herald_command().arg("--version").output().unwrap();
     assert!(output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
@@ -275,7 +272,7 @@ fn version_is_printed() {
 #[tokio::test]
 async fn json_logs_carry_request_ids_and_no_event_data() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut child = common::herald_command()
         .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--data"])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "herald=info")
@@ -366,7 +363,7 @@ fn token_signed_with(dir: &Path, private: &[u8]) -> String {
         private.len() ^ private[40] as usize
     ));
     std::fs::write(&path, private).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = common::herald_command()
         .args(["token", "--subscribe", "user:1", "--jwt-private-key"])
         .arg(&path)
         .env_remove("HERALD_JWT_SECRET")

@@ -102,7 +102,7 @@ fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
     } else {
         vec!["--listen", "127.0.0.1:0"]
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut child = herald_command()
         .args(listen)
         .arg("--data")
         .arg(data)
@@ -117,6 +117,26 @@ fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
         .expect("start herald");
     let url = listening_url(&mut child);
     (child, url)
+}
+
+/// The herald binary under test, as a command whose environment holds no `HERALD_*` variable
+/// of the developer's shell (a stray `HERALD_JWT_SECRET` would change what every test tests);
+/// `HERALD_TEST_LOG` is the tests' own.
+pub fn herald_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    clean_env(&mut command);
+    command
+}
+
+/// Removes the shell's `HERALD_*` variables (but `HERALD_TEST_LOG`) from a command's
+/// environment.
+pub fn clean_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("HERALD_") && name != "HERALD_TEST_LOG" {
+            command.env_remove(name);
+        }
+    }
 }
 
 /// The URL a herald started with its stdout piped says it listens on, from its first line.
