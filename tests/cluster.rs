@@ -726,3 +726,38 @@ async fn a_reconnect_storm_is_caught_up_from_the_nodes_memory_not_from_redis() {
         "50 resuming subscribers pulled {from_redis} bytes from Redis"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_relay_prints_nothing_per_event() {
+    let app_redis = RedisServer::start();
+    let herald = Server::start(&[]);
+    for i in 0..3 {
+        app_redis.cli(&["XADD", "quiet", "*", "v", &i.to_string()]);
+    }
+    let mut relay = common::herald_command()
+        .args([
+            "relay",
+            &app_redis.url(),
+            "--key",
+            "quiet",
+            "--to",
+            "quiet",
+            "--quiet",
+        ])
+        .args(["--url", &herald.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the relay");
+    eventually("imported", Duration::from_secs(20), || async {
+        history(&herald, "quiet").await.len() == 3
+    })
+    .await;
+    let _ = relay.kill();
+    let out = relay.wait_with_output().expect("the relay's output");
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -82,6 +82,10 @@ pub struct RelayArgs {
     #[arg(long, default_value_t = 90)]
     pub idle: u64,
 
+    /// Print nothing per relayed event (stdout stays empty); problems still go to stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
     #[command(flatten)]
     pub target: Target,
 }
@@ -311,11 +315,13 @@ async fn relay_response(
                 let herald_id = herald_ids
                     .first()
                     .map_or("(stored before the connection failed)", String::as_str);
-                println!(
-                    "relayed {} {} as {herald_id}",
-                    event.event,
-                    id.as_deref().unwrap_or("-")
-                );
+                if !args.quiet {
+                    println!(
+                        "relayed {} {} as {herald_id}",
+                        event.event,
+                        id.as_deref().unwrap_or("-")
+                    );
+                }
                 if let Some(id) = &id {
                     position.remember(id);
                 }

@@ -116,6 +116,7 @@ pub async fn run(args: RelayArgs) -> Result<(), CliError> {
                 )
                 .await?;
                 match published {
+                    Published::Done(_) if args.quiet => {}
                     Published::Done(ids) => {
                         for (i, entry) in relayed.iter().enumerate() {
                             let id = ids.get(i).map_or("(stored before)", String::as_str);
