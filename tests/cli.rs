@@ -576,3 +576,33 @@ async fn relay_with_map_id_skips_statuses_it_relayed_before_a_restart() {
         .collect();
     assert_eq!(ids, ["109", "110", "111"]);
 }
+
+#[test]
+fn subscribe_waits_as_long_as_the_servers_retry_asks() {
+    let mut server = Server::start(&[]);
+    let mut subscriber = herald(&["subscribe", "news", "--url", &server.url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // connected: herald's `retry: 3000` is in
+    server.kill9();
+    let stderr = subscriber.stderr.take().unwrap();
+    let line = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("reconnecting in"))
+        .expect("a reconnect notice");
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+    let seconds: f64 = line
+        .split("reconnecting in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        seconds >= 3.0,
+        "herald asked for 3 s, the client waits {seconds} s: {line}"
+    );
+}

@@ -11,6 +11,8 @@ pub mod relay;
 pub mod subscribe;
 pub mod token;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -112,11 +114,14 @@ pub async fn refusal(response: reqwest::Response) -> CliError {
 
 /// Exponential backoff with full jitter: each wait is random between half and all of
 /// `first × 2^attempt`, capped at `max`, so a crowd of clients does not retry in step.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Backoff {
     first: Duration,
     max: Duration,
     attempt: u32,
+    /// The reconnection time the server asked for with `retry:` (ms; 0: none), which a wait is
+    /// never shorter than — as a browser's `EventSource` honours it.
+    server_retry: Arc<AtomicU64>,
 }
 
 impl Backoff {
@@ -125,7 +130,19 @@ impl Backoff {
             first,
             max: max.max(first),
             attempt: 0,
+            server_retry: Arc::default(),
         }
+    }
+
+    /// A backoff of the same shape for another purpose: it starts over, and no server's
+    /// `retry:` applies to it.
+    pub fn fresh(&self) -> Backoff {
+        Backoff::new(self.first, self.max)
+    }
+
+    /// Where [`sse_events`] records the server's `retry:`.
+    pub fn retry_hint(&self) -> Arc<AtomicU64> {
+        self.server_retry.clone()
     }
 
     /// The next wait; each call doubles the ceiling.
@@ -136,7 +153,10 @@ impl Backoff {
             .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let ceiling_ms = ceiling.as_millis().max(1) as u64;
-        Duration::from_millis(ceiling_ms / 2 + fastrand::u64(0..=ceiling_ms / 2))
+        let ours = Duration::from_millis(ceiling_ms / 2 + fastrand::u64(0..=ceiling_ms / 2));
+        // The server's word is jittered by the server (herald's is, at shutdown).
+        let asked = Duration::from_millis(self.server_retry.load(Ordering::Relaxed));
+        ours.max(asked)
     }
 
     /// After a connection that worked: start again from the first delay.
@@ -160,8 +180,21 @@ pub enum StreamEnd {
 pub fn sse_events(
     response: reqwest::Response,
     idle: Duration,
+    retry_hint: Arc<AtomicU64>,
 ) -> impl Stream<Item = Result<Event, StreamEnd>> + Unpin {
-    let events = response.bytes_stream().eventsource();
+    // The parser drops frames without data, and `retry:` usually comes alone (herald's first
+    // frame, its goodbye at shutdown): the bytes are read for it before they are parsed.
+    let mut scanner = RetryScanner::default();
+    let events = response
+        .bytes_stream()
+        .inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                if let Some(ms) = scanner.feed(chunk) {
+                    retry_hint.store(ms, Ordering::Relaxed);
+                }
+            }
+        })
+        .eventsource();
     Box::pin(futures::stream::unfold(
         (Box::pin(events), false),
         move |(mut events, done)| async move {
@@ -183,6 +216,38 @@ pub fn sse_events(
     ))
 }
 
+/// Finds `retry: <ms>` lines in an SSE byte stream, across chunk boundaries.
+#[derive(Debug, Default)]
+struct RetryScanner {
+    /// The start of a line not ended yet (only kept while it may be a `retry:` line).
+    partial: Vec<u8>,
+}
+
+impl RetryScanner {
+    /// The last `retry:` value completed in this chunk, if any.
+    fn feed(&mut self, chunk: &[u8]) -> Option<u64> {
+        let mut found = None;
+        for &byte in chunk {
+            if byte == b'\n' || byte == b'\r' {
+                found = Self::retry_of(&self.partial).or(found);
+                self.partial.clear();
+            } else if self.partial.len() < 32 {
+                self.partial.push(byte);
+            }
+        }
+        found
+    }
+
+    fn retry_of(line: &[u8]) -> Option<u64> {
+        let value = line.strip_prefix(b"retry:")?;
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+            return None; // the spec ignores a retry that is not all digits
+        }
+        std::str::from_utf8(value).ok()?.parse().ok()
+    }
+}
+
 /// Sleeps for `delay`, or returns false at once if Ctrl-C comes first.
 pub async fn pause(delay: Duration) -> bool {
     tokio::select! {
@@ -194,6 +259,25 @@ pub async fn pause(delay: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_lines_are_found_across_chunks_and_garbage_is_ignored() {
+        let mut scanner = RetryScanner::default();
+        assert_eq!(scanner.feed(b"retry: 3000\n\n"), Some(3000));
+        assert_eq!(scanner.feed(b"id: 1\ndata: retry: 9\n\nret"), None);
+        assert_eq!(scanner.feed(b"ry:250"), None, "not ended yet");
+        assert_eq!(scanner.feed(b"0\r\n"), Some(2500));
+        assert_eq!(scanner.feed(b"retry: 12x\n"), None);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        backoff
+            .retry_hint()
+            .store(2500, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            backoff.next_delay(),
+            Duration::from_millis(2500),
+            "the server's wait"
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {

@@ -147,7 +147,11 @@ async fn read(
 ) -> Result<Ending, String> {
     let wanted: HashSet<&str> = args.streams.iter().map(String::as_str).collect();
     let mut closed: HashSet<String> = HashSet::new();
-    let mut events = sse_events(response, Duration::from_secs(args.idle.max(1)));
+    let mut events = sse_events(
+        response,
+        Duration::from_secs(args.idle.max(1)),
+        backoff.retry_hint(),
+    );
     loop {
         let next = tokio::select! {
             next = futures::StreamExt::next(&mut events) => next,

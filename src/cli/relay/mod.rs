@@ -283,7 +283,11 @@ async fn relay_response(
     position: &mut Position,
     backoff: &mut Backoff,
 ) -> Result<Option<String>, CliError> {
-    let mut events = sse_events(response, Duration::from_secs(args.idle.max(1)));
+    let mut events = sse_events(
+        response,
+        Duration::from_secs(args.idle.max(1)),
+        backoff.retry_hint(),
+    );
     // The parser carries an id forward to later events that have none (the SSE last event id);
     // only an id that changed is a new event's own.
     let mut previous_id = String::new();
@@ -404,8 +408,8 @@ async fn send(
     backoff: &mut Backoff,
 ) -> Result<Published, CliError> {
     let url = args.target.at("/publish");
-    let mut retry = backoff.clone();
-    retry.reset();
+    // herald's own retries: the upstream's `retry:` is not for them.
+    let mut retry = backoff.fresh();
     loop {
         let mut request = args.target.authorize(client.post(&url)).json(&batch);
         if let Some(key) = key {
