@@ -712,19 +712,8 @@ fn a_bad_public_key_file_is_one_clear_line_at_start_up() {
         (garbage.display().to_string(), "is not a PEM public key"),
         (ed.0.clone(), "is a private key"),
     ] {
-        let out = common::herald_command()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--memory",
-                "--jwt-public-key",
-                &path,
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = serve_refusing(&["--memory", "--jwt-public-key", &path]);
+        assert_eq!(code, Some(1), "{stderr}");
         let first = stderr.lines().next().unwrap_or_default();
         assert!(first.contains(expected), "{first}");
     }
@@ -836,19 +825,8 @@ async fn a_jwks_url_that_answers_garbage_at_start_up_is_one_clear_line() {
         provider.url.clone(),
         format!("http://127.0.0.1:{}/jwks.json", free_port()),
     ] {
-        let out = common::herald_command()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--memory",
-                "--jwks-url",
-                &url,
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = serve_refusing(&["--memory", "--jwks-url", &url]);
+        assert_eq!(code, Some(1), "{stderr}");
         let first = stderr
             .lines()
             .find(|l| l.starts_with("error:"))

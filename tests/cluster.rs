@@ -675,14 +675,9 @@ fn a_misconfigured_redis_is_one_clear_line_at_start_up() {
         (nowhere, "cannot be reached"),
         ("not a url".to_owned(), "is not a Redis URL"),
     ] {
-        let out = common::herald_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--redis", &url])
-            .env("RUST_LOG", "herald=warn")
-            .output()
-            .expect("run herald");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (code, stderr) = serve_refusing(&["--redis", &url]);
         let first = stderr.lines().next().unwrap_or_default();
-        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        assert_eq!(code, Some(1), "{url}: {stderr}");
         assert!(first.contains(expected), "{url}: {first:?}");
         assert!(
             !first.contains("s3cret") && !first.contains("wrong"),

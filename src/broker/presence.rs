@@ -421,12 +421,21 @@ impl futures::Stream for LocalWatch {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<PresenceChange>> {
-        loop {
-            match futures::ready!(self.changes.poll_next_unpin(cx)) {
-                Some(Ok(change)) => return std::task::Poll::Ready(Some(change)),
-                Some(Err(lagged)) => tracing::debug!(%lagged, "presence watcher fell behind"),
-                None => return std::task::Poll::Ready(None),
-            }
+        poll_changes(&mut self.changes, cx)
+    }
+}
+
+/// The next change of a watcher's merged channels: one it fell too far behind for is skipped
+/// (each change carries the count, so the next one sets it right).
+pub(crate) fn poll_changes(
+    changes: &mut SelectAll<BroadcastStream<PresenceChange>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Option<PresenceChange>> {
+    loop {
+        match futures::ready!(changes.poll_next_unpin(cx)) {
+            Some(Ok(change)) => return std::task::Poll::Ready(Some(change)),
+            Some(Err(lagged)) => tracing::debug!(%lagged, "presence watcher fell behind"),
+            None => return std::task::Poll::Ready(None),
         }
     }
 }

@@ -85,18 +85,10 @@ pub fn http_client() -> Result<reqwest::Client, CliError> {
 }
 
 pub fn unreachable(url: &str, error: reqwest::Error) -> CliError {
-    // reqwest's Display hides the cause ("error sending request"); the source says why. The
-    // URL is said once, by the caller's message, not again inside reqwest's.
-    let error = error.without_url();
-    let mut reason = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        reason = format!("{reason}: {cause}");
-        source = cause.source();
-    }
+    // The URL is said once, by the caller's message, not again inside reqwest's.
     CliError::Unreachable {
         url: url.to_owned(),
-        reason,
+        reason: crate::http::error::with_causes(&error.without_url()),
     }
 }
 

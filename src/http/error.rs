@@ -73,6 +73,18 @@ impl Reply for ApiError {
     }
 }
 
+/// An error's message followed by its causes (`a: b: c`), which reqwest's and hyper's own
+/// messages leave out ("error sending request").
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// Turns a handler's result into the response, errors included.
 pub fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)

@@ -128,6 +128,19 @@ pub fn herald_command() -> Command {
     command
 }
 
+/// `herald serve --listen 127.0.0.1:0 <flags>` run to its end, for flags it must refuse: its
+/// exit code and its stderr.
+pub fn serve_refusing(flags: &[&str]) -> (Option<i32>, String) {
+    let out = herald_command()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(flags)
+        .env("RUST_LOG", "herald=warn")
+        .output()
+        .expect("run herald");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr)
+}
+
 /// Removes the shell's `HERALD_*` variables (but `HERALD_TEST_LOG`) from a command's
 /// environment.
 pub fn clean_env(command: &mut Command) {

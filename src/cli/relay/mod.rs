@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use super::{
     http_client, pause, refusal, sse_events, unreachable, Backoff, CliError, StreamEnd, Target,
 };
+use crate::broker::engine::redis::redacted;
 use crate::broker::event::StreamName;
 
 #[derive(Debug, Clone, Args)]
@@ -167,15 +168,20 @@ pub async fn run(args: RelayArgs) -> Result<(), CliError> {
                 }
             }
         };
-        let delay = backoff.next_delay();
-        eprintln!(
-            "herald relay: {failure}; reconnecting in {:.1} s",
-            delay.as_secs_f64()
-        );
-        if !pause(delay).await {
+        if !wait_to_reconnect(&mut backoff, &failure).await {
             return Ok(());
         }
     }
+}
+
+/// Says why the relay reconnects and waits its turn; false on Ctrl-C.
+async fn wait_to_reconnect(backoff: &mut Backoff, failure: &str) -> bool {
+    let delay = backoff.next_delay();
+    eprintln!(
+        "herald relay: {failure}; reconnecting in {:.1} s",
+        delay.as_secs_f64()
+    );
+    pause(delay).await
 }
 
 /// Checks what both kinds of relay share, and reads the position back from herald.
@@ -382,17 +388,6 @@ async fn publish(
 fn state_item(args: &RelayArgs, position: &Position, id: &str) -> Value {
     let state = json!({"upstream": redacted(&args.upstream), "last_id": id}).to_string();
     json!({"stream": position.state_stream, "data": state})
-}
-
-/// A URL with its password replaced, to keep in herald or show.
-fn redacted(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Sends one batch (with an `Idempotency-Key`, when given) until herald has it. After a failure

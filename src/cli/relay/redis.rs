@@ -11,11 +11,12 @@
 use std::time::Duration;
 
 use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, Value};
+use redis::AsyncCommands;
 use serde_json::json;
 
-use super::{backoff_of, redacted, send, start, state_item, Published, RelayArgs};
-use crate::cli::{pause, CliError};
+use super::{backoff_of, send, start, state_item, wait_to_reconnect, Published, RelayArgs};
+use crate::broker::engine::redis::{redacted, text};
+use crate::cli::CliError;
 
 /// Entries per `XREAD` (and so per published batch) at most, and how long one waits.
 const BATCH: usize = 100;
@@ -133,12 +134,7 @@ pub async fn run(args: RelayArgs) -> Result<(), CliError> {
                 backoff.reset();
             },
         };
-        let delay = backoff.next_delay();
-        eprintln!(
-            "herald relay: {failure}; reconnecting in {:.1} s",
-            delay.as_secs_f64()
-        );
-        if !pause(delay).await {
+        if !wait_to_reconnect(&mut backoff, &failure).await {
             return Ok(());
         }
     }
@@ -151,13 +147,4 @@ async fn connect(redis: &redis::Client) -> redis::RedisResult<redis::aio::Multip
     redis
         .get_multiplexed_async_connection_with_config(&config)
         .await
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
 }

@@ -167,10 +167,14 @@ impl AppAuth {
             }
         }
         let response = call.send().await.map_err(|e| {
-            format!(
-                "the app at --auth-url cannot be reached: {}",
-                e.without_url()
-            )
+            if e.is_timeout() {
+                format!("the app did not answer within {:?}", self.options.timeout)
+            } else {
+                format!(
+                    "the app at --auth-url cannot be reached: {}",
+                    crate::http::error::with_causes(&e.without_url())
+                )
+            }
         })?;
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();

@@ -14,6 +14,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::keys::PublicKey;
+use crate::http::error::with_causes;
 
 /// How often the set is fetched again regardless.
 pub const REFRESH: Duration = Duration::from_secs(600);
@@ -63,7 +64,7 @@ impl Jwks {
         let _one_at_a_time = self.fetching.lock().await;
         let response =
             self.client.get(&self.url).send().await.map_err(|e| {
-                format!("--jwks-url {}: {}", self.url, with_causes(e.without_url()))
+                format!("--jwks-url {}: {}", self.url, with_causes(&e.without_url()))
             })?;
         if !response.status().is_success() {
             return Err(format!(
@@ -108,17 +109,6 @@ impl Jwks {
             }
         }
     }
-}
-
-/// An error with its causes, which reqwest's own message leaves out.
-fn with_causes(error: reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 /// A key of the set herald can verify with, its algorithm taken from the key.

@@ -42,13 +42,13 @@ impl std::fmt::Display for RedisTarget {
     }
 }
 
-/// A URL with its password replaced, for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user_info = &url[scheme + 3..at];
-            let user = user_info.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+/// A URL with its password replaced, for messages and for what herald keeps (a relay's
+/// position names its upstream).
+pub fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
         }
         _ => url.to_owned(),
     }

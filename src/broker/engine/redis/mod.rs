@@ -35,7 +35,7 @@ use redis::{Script, Value};
 use tokio::sync::watch;
 
 use self::link::Link;
-pub use self::link::RedisTarget;
+pub use self::link::{redacted, RedisTarget};
 pub use self::presence::RedisPresence;
 use super::{
     Appended, Change, Engine, EngineError, EngineFuture, IdempotencyKey, ListQuery, Position,
@@ -338,8 +338,8 @@ impl Inner {
             .arg(self.options.log_len)
             .arg(op)
             .arg(stream.as_str())
-            .arg(own_arg(max_len))
-            .arg(own_arg(max_age));
+            .arg(limit_arg(max_len))
+            .arg(limit_arg(max_age));
         let reply: Vec<String> = self
             .link
             .call(|mut c| async move { call.invoke_async(&mut c).await })
@@ -370,19 +370,27 @@ impl Inner {
                 return Ok(events);
             }
         }
-        let key = self.keys.events(stream);
+        let (from, to) = (format!("({after}-0"), format!("{upto}-0"));
+        self.range(stream, "XRANGE", &from, &to, Some(limit)).await
+    }
+
+    /// One stream's events by `XRANGE` or `XREVRANGE` between two entry ids, `count` at most.
+    async fn range(
+        &self,
+        stream: &StreamName,
+        command: &str,
+        from: &str,
+        to: &str,
+        count: Option<usize>,
+    ) -> Result<Vec<Event>, EngineError> {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(self.keys.events(stream)).arg(from).arg(to);
+        if let Some(count) = count {
+            cmd.arg("COUNT").arg(count.min(i64::MAX as usize));
+        }
         let entries: Value = self
             .link
-            .call(|mut c| async move {
-                redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg(format!("({after}-0"))
-                    .arg(format!("{upto}-0"))
-                    .arg("COUNT")
-                    .arg(limit.min(i64::MAX as usize))
-                    .query_async(&mut c)
-                    .await
-            })
+            .call(|mut c| async move { cmd.query_async(&mut c).await })
             .await?;
         events_of(stream, entries)
     }
@@ -396,21 +404,8 @@ impl Inner {
         if n == 0 || upto == EventId::ZERO {
             return Ok(Vec::new());
         }
-        let key = self.keys.events(stream);
-        let entries: Value = self
-            .link
-            .call(|mut c| async move {
-                redis::cmd("XREVRANGE")
-                    .arg(&key)
-                    .arg(format!("{upto}-0"))
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(n.min(i64::MAX as usize))
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        let mut events = events_of(stream, entries)?;
+        let upto = format!("{upto}-0");
+        let mut events = self.range(stream, "XREVRANGE", &upto, "-", Some(n)).await?;
         events.reverse();
         Ok(events)
     }
@@ -419,19 +414,8 @@ impl Inner {
         if id == EventId::ZERO {
             return Ok(None);
         }
-        let key = self.keys.events(stream);
-        let entries: Value = self
-            .link
-            .call(|mut c| async move {
-                redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg(format!("{id}-0"))
-                    .arg(format!("{id}-0"))
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(events_of(stream, entries)?.pop())
+        let id = format!("{id}-0");
+        Ok(self.range(stream, "XRANGE", &id, &id, None).await?.pop())
     }
 
     async fn states(&self, streams: &[StreamName]) -> Result<Vec<StreamState>, EngineError> {
@@ -690,12 +674,9 @@ impl Engine for RedisEngine {
     }
 }
 
+/// A limit or setting as a script argument: `''` for none.
 fn limit_arg(limit: Option<u64>) -> String {
     limit.map_or_else(String::new, |n| n.to_string())
-}
-
-fn own_arg(own: Option<u64>) -> String {
-    own.map_or_else(String::new, |n| n.to_string())
 }
 
 fn unexpected(what: &str) -> EngineError {
@@ -704,7 +685,8 @@ fn unexpected(what: &str) -> EngineError {
     )))
 }
 
-fn text(value: &Value) -> Option<String> {
+/// A reply value as text, when it is text (or a number).
+pub(crate) fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),

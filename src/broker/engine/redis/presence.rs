@@ -25,8 +25,8 @@ use super::{unexpected, Inner};
 use crate::broker::engine::EngineError;
 use crate::broker::event::StreamName;
 use crate::broker::presence::{
-    ChangeKind, ClientId, Member, Presence, PresenceChange, PresenceGuard, PresenceInfo,
-    PresenceWatch,
+    poll_changes, ChangeKind, ClientId, Member, Presence, PresenceChange, PresenceGuard,
+    PresenceInfo, PresenceWatch,
 };
 
 /// How often a node pushes its members' time forward and sweeps the streams it cares about.
@@ -250,8 +250,8 @@ async fn apply(presence: Weak<RedisPresence>, mut queue: mpsc::UnboundedReceiver
                     .await;
                 if matches!(released, Ok(left) if left <= 0) {
                     // Let it leave as soon as its grace period is over, not a refresh later.
+                    let after = presence.grace + Duration::from_millis(20);
                     let (presence, stream) = (Arc::downgrade(&presence), stream.clone());
-                    let after = presence_grace_end(&presence);
                     tokio::spawn(async move {
                         tokio::time::sleep(after).await;
                         if let Some(presence) = presence.upgrade() {
@@ -267,12 +267,6 @@ async fn apply(presence: Weak<RedisPresence>, mut queue: mpsc::UnboundedReceiver
             tracing::debug!(error = %e, "a presence change did not reach Redis");
         }
     }
-}
-
-fn presence_grace_end(presence: &Weak<RedisPresence>) -> Duration {
-    presence
-        .upgrade()
-        .map_or(Duration::ZERO, |p| p.grace + Duration::from_millis(20))
 }
 
 /// Every [`REFRESH`]: pushes forward the members this node holds, and sweeps the streams it
@@ -395,13 +389,7 @@ impl futures::Stream for Watch {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<PresenceChange>> {
-        loop {
-            match futures::ready!(self.changes.poll_next_unpin(cx)) {
-                Some(Ok(change)) => return std::task::Poll::Ready(Some(change)),
-                Some(Err(lagged)) => tracing::debug!(%lagged, "presence watcher fell behind"),
-                None => return std::task::Poll::Ready(None),
-            }
-        }
+        poll_changes(&mut self.changes, cx)
     }
 }
 

@@ -14,7 +14,9 @@ const STREAMS_PER_ROUND: usize = 256;
 const BUDGET: usize = 10_000;
 
 pub(super) async fn run(inner: Weak<Inner>) {
-    let holder = uuid::Uuid::new_v4().to_string();
+    let Some(holder) = inner.upgrade().map(|i| i.node.clone()) else {
+        return;
+    };
     loop {
         let Some(every) = inner.upgrade().map(|i| i.options.trim_every) else {
             return;
