@@ -127,6 +127,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_PEER_TIMEOUT", value_parser = parse_seconds_or_zero)]
     pub peer_timeout: Option<Duration>,
 
+    /// Serve plain-HTTP `GET /sse` through hyper, like every other request, instead of
+    /// herald's own SSE writer. Costs about 16 KiB more per idle subscriber; for operators who
+    /// want one HTTP implementation on every path.
+    #[arg(long, env = "HERALD_NO_DIRECT_SSE")]
+    pub no_direct_sse: bool,
+
     /// Allow listening on a non-loopback address with no --publish-token and no --jwt-secret,
     /// so that anyone who can reach herald may publish, close and delete streams.
     #[arg(long, env = "HERALD_ALLOW_PUBLIC_PUBLISH")]
@@ -317,8 +323,6 @@ pub struct Config {
     pub broker: BrokerOptions,
     pub http: HttpOptions,
     pub allow_public_publish: bool,
-    /// TCP_USER_TIMEOUT for accepted connections; `None`: the system's.
-    pub peer_timeout: Option<Duration>,
     /// Run the built-in timer publisher (`--demo`).
     pub demo: bool,
     /// Certificate chain and key, for HTTPS.
@@ -399,6 +403,11 @@ impl ServeArgs {
                 cache_bytes: self.cache_mb.max(1) << 20,
             }
         };
+        let peer_timeout = match self.peer_timeout {
+            None => Some(self.heartbeat),
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+        };
         Ok(Config {
             listen: self.listen,
             broker: BrokerOptions {
@@ -434,6 +443,8 @@ impl ServeArgs {
                 cors_origins,
                 idle_timeout: self.idle_timeout,
                 max_header_bytes: self.max_header_bytes,
+                peer_timeout,
+                direct_sse: !self.no_direct_sse,
                 publish_rate,
                 ..HttpOptions::default()
             },
@@ -441,11 +452,6 @@ impl ServeArgs {
             demo: self.demo,
             tls: self.tls_cert.zip(self.tls_key),
             redis,
-            peer_timeout: match self.peer_timeout {
-                None => Some(self.heartbeat),
-                Some(t) if t.is_zero() => None,
-                Some(t) => Some(t),
-            },
         })
     }
 }
@@ -576,7 +582,7 @@ mod tests {
         assert_eq!(config.broker.durability, Durability::Fsync);
         assert_eq!(config.broker.retention.max_len, Some(100_000));
         assert_eq!(config.broker.presence_grace, Duration::from_secs(5));
-        assert_eq!(config.peer_timeout, Some(Duration::from_secs(15)));
+        assert_eq!(config.http.peer_timeout, Some(Duration::from_secs(15)));
     }
 
     #[test]
@@ -591,14 +597,14 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(
-            config(&["--heartbeat", "2.5"]).peer_timeout,
+            config(&["--heartbeat", "2.5"]).http.peer_timeout,
             Some(Duration::from_millis(2500))
         );
         assert_eq!(
-            config(&["--peer-timeout", "40"]).peer_timeout,
+            config(&["--peer-timeout", "40"]).http.peer_timeout,
             Some(Duration::from_secs(40))
         );
-        assert_eq!(config(&["--peer-timeout", "0"]).peer_timeout, None);
+        assert_eq!(config(&["--peer-timeout", "0"]).http.peer_timeout, None);
         assert_eq!(
             config(&["--presence-grace", "0"]).broker.presence_grace,
             Duration::ZERO

@@ -93,7 +93,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         addr: config.listen,
         source,
     })?;
-    set_peer_timeout(&listener, config.peer_timeout);
+    set_peer_timeout(&listener, config.http.peer_timeout);
     let mut signals = Signals::listen();
     let (api, shutdown) = Api::new(broker.clone(), config.http.clone());
     let (stop_accepting, stopped) = oneshot::channel::<()>();

@@ -49,6 +49,12 @@ pub struct HttpOptions {
     pub idle_timeout: Duration,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
+    /// A connection whose peer takes no byte of what herald sends for this long is dropped
+    /// (`None`: wait for the operating system).
+    pub peer_timeout: Option<Duration>,
+    /// Plain-HTTP `GET /sse` is written by herald's own writer (far less memory per
+    /// subscriber); `false` serves it through hyper like everything else.
+    pub direct_sse: bool,
     /// Publish requests per second and burst, per credential or client address (`None`: no
     /// limit).
     pub publish_rate: Option<super::rate::PublishRate>,
@@ -70,6 +76,8 @@ impl Default for HttpOptions {
             cors_origins: Vec::new(),
             idle_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
+            peer_timeout: Some(Duration::from_secs(15)),
+            direct_sse: true,
             publish_rate: None,
         }
     }

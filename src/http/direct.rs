@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use warp::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
@@ -41,6 +40,7 @@ const FIRST_READ: usize = 1024;
 pub(super) async fn serve<A, F, RB>(
     socket: &mut TcpStream,
     idle_timeout: Duration,
+    peer_timeout: Option<Duration>,
     max_head_bytes: usize,
     mut stopping: watch::Receiver<bool>,
     answer: A,
@@ -79,7 +79,11 @@ where
             buffer = BytesMut::new();
         }
         let response = answer(*request).await;
-        let keep_alive = write_response(socket, response, keep_alive, &mut buffer, max_head_bytes)
+        let writer = Writer {
+            socket: &mut *socket,
+            deadline: peer_timeout,
+        };
+        let keep_alive = write_response(writer, response, keep_alive, &mut buffer, max_head_bytes)
             .await?
             && !*stopping.borrow();
         if !keep_alive {
@@ -90,7 +94,7 @@ where
 
 /// Resolves once the server is stopping. A signal whose sender was dropped never fires: an
 /// embedder that let go of its `ShutdownSignal` still gets its connections served.
-async fn stop_signal(stopping: &mut watch::Receiver<bool>) {
+pub(super) async fn stop_signal(stopping: &mut watch::Receiver<bool>) {
     if stopping.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -200,7 +204,7 @@ fn has_token(value: &[u8], token: &str) -> bool {
 /// Returns whether the connection may carry another request. Bytes the peer sends meanwhile
 /// (a pipelined request) are kept in `pending`.
 async fn write_response<RB>(
-    socket: &mut TcpStream,
+    mut socket: Writer<'_>,
     response: Response<RB>,
     keep_alive: bool,
     pending: &mut BytesMut,
@@ -259,7 +263,7 @@ where
     drop(parts);
     if no_body {
         drop(body);
-        write_all(socket, &mut [IoSlice::new(&head)]).await?;
+        socket.write_all(&mut [IoSlice::new(&head)]).await?;
         return Ok(keep_alive);
     }
     // The head goes out with the first frame, in one write (taking it leaves an empty `Vec`).
@@ -267,7 +271,7 @@ where
         let frame = tokio::select! {
             biased;
             frame = body.frame() => frame,
-            () = peer_gone(socket, pending, max_head_bytes) => return Ok(false),
+            () = peer_gone(socket.socket, pending, max_head_bytes) => return Ok(false),
         };
         let data = match frame {
             None => break,
@@ -284,24 +288,26 @@ where
         if chunked {
             let mut size = [0u8; 18];
             let size = chunk_size_line(data.len(), &mut size);
-            write_all(
-                socket,
-                &mut [
+            socket
+                .write_all(&mut [
                     IoSlice::new(&head),
                     IoSlice::new(size),
                     IoSlice::new(&data),
                     IoSlice::new(b"\r\n"),
-                ],
-            )
-            .await?;
+                ])
+                .await?;
         } else {
-            write_all(socket, &mut [IoSlice::new(&head), IoSlice::new(&data)]).await?;
+            socket
+                .write_all(&mut [IoSlice::new(&head), IoSlice::new(&data)])
+                .await?;
         }
     }
     // The body is over: let go of what it holds (a subscription, presence) before the next head.
     drop(body);
     let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
-    write_all(socket, &mut [IoSlice::new(&head), IoSlice::new(end)]).await?;
+    socket
+        .write_all(&mut [IoSlice::new(&head), IoSlice::new(end)])
+        .await?;
     Ok(keep_alive)
 }
 
@@ -320,17 +326,42 @@ fn chunk_size_line(mut len: usize, out: &mut [u8; 18]) -> &[u8] {
     }
 }
 
-/// Writes every byte of `slices`, in as few `writev`s as the socket allows.
-async fn write_all(socket: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        let written = socket.write_vectored(slices).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+/// The socket a response is written to, and how long one write may wait for the peer.
+struct Writer<'a> {
+    socket: &'a mut TcpStream,
+    /// `--peer-timeout`: a peer that takes no byte for this long is gone (`None`: wait).
+    deadline: Option<Duration>,
+}
+
+impl Writer<'_> {
+    /// Writes every byte of `slices`, in as few `writev`s as the socket allows. Only a write
+    /// the socket cannot take at once starts the clock, so a keeping-up subscriber costs no
+    /// timer.
+    async fn write_all(&mut self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        IoSlice::advance_slices(&mut slices, 0);
+        while !slices.is_empty() {
+            let written = match self.socket.try_write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable().await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            IoSlice::advance_slices(&mut slices, written);
         }
-        IoSlice::advance_slices(&mut slices, written);
+        Ok(())
     }
-    Ok(())
+
+    async fn writable(&self) -> io::Result<()> {
+        match self.deadline {
+            None => self.socket.writable().await,
+            Some(limit) => tokio::time::timeout(limit, self.socket.writable())
+                .await
+                .map_err(|_| super::deadline::stalled(limit))?,
+        }
+    }
 }
 
 /// Resolves when the peer has closed (or reset) the connection, or has sent more than a request
@@ -411,5 +442,74 @@ mod tests {
             panic!("not served here")
         };
         assert!(!keep_alive);
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Request heads near the ones served here: a clean `GET /sse`, then bytes changed,
+        /// inserted or cut anywhere.
+        fn near_sse_heads() -> impl Strategy<Value = Vec<u8>> {
+            let clean =
+                b"GET /sse?stream=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n".to_vec();
+            let edits = proptest::collection::vec(
+                (any::<prop::sample::Index>(), any::<u8>(), 0..3u8),
+                0..6,
+            );
+            edits.prop_map(move |edits| {
+                let mut head = clean.clone();
+                for (at, byte, kind) in edits {
+                    let i = at.index(head.len() + 1);
+                    match kind {
+                        0 if i < head.len() => head[i] = byte,
+                        1 => head.insert(i, byte),
+                        _ if i < head.len() => {
+                            head.remove(i);
+                        }
+                        _ => {}
+                    }
+                }
+                head
+            })
+        }
+
+        fn heads() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                near_sse_heads(),
+                proptest::collection::vec(any::<u8>(), 0..512),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Whatever arrives, parsing never panics; a head served here is whole, well formed
+            /// and the same however the bytes were split across reads.
+            #[test]
+            fn any_bytes_parse_without_panic_and_consistently(bytes in heads(), max in 16usize..1024) {
+                match parse_head(&bytes, max) {
+                    Head::Sse { request, length, .. } => {
+                        prop_assert!(length <= bytes.len() && length <= max);
+                        // An empty line ends it (httparse takes a bare LF as a line end, as hyper does).
+                        prop_assert!(bytes[..length].ends_with(b"\n"));
+                        prop_assert_eq!(request.method(), Method::GET);
+                        prop_assert_eq!(request.uri().path(), "/sse");
+                        // Each shorter prefix is still waiting for more; the head alone parses
+                        // to the same request.
+                        for cut in 0..length {
+                            prop_assert!(matches!(parse_head(&bytes[..cut], max), Head::Partial | Head::Other));
+                        }
+                        let Head::Sse { request: alone, length: again, .. } = parse_head(&bytes[..length], max) else {
+                            return Err(TestCaseError::fail("the head alone is not served here"));
+                        };
+                        prop_assert_eq!(again, length);
+                        prop_assert_eq!(alone.uri(), request.uri());
+                        prop_assert_eq!(alone.headers(), request.headers());
+                    }
+                    Head::Partial | Head::Other | Head::Closed => {}
+                }
+            }
+        }
     }
 }

@@ -8,8 +8,13 @@
 //! request head within `--idle-timeout` is closed, keep-alive waits included), the client's
 //! address for the per-address subscription cap, CORS for pages on other origins, a request id
 //! on every request, and TLS with HTTP/2 (ALPN) — which lifts HTTP/1.1's six connections per
-//! origin: all of a page's `EventSource`s share one connection. Shutdown is hyper-util's
-//! graceful watcher: stop accepting, let every response end, then return.
+//! origin: all of a page's `EventSource`s share one connection. Shutdown: stop accepting, tell
+//! hyper's connections to finish (hyper-util's graceful watcher) and every SSE response to say
+//! goodbye, then return once every connection — hyper's and the direct writer's — has ended
+//! (each connection's task holds one of the graceful watcher's handles).
+//!
+//! Every connection also gets RFC 9112's `Host` rule (an HTTP/1.1 request without exactly one
+//! `Host` is a `400`; hyper accepts both) and a write deadline ([`deadline`](super::deadline)).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,7 +38,8 @@ use warp::http::{header, HeaderMap, HeaderValue, Method};
 
 use super::admin::HttpMetrics;
 use super::api::{Api, HttpOptions, PeerAddr};
-use super::{direct, routes};
+use super::deadline::Deadline;
+use super::{direct, routes, MalformedHead};
 
 /// Serves `api` on `listener` until `stop` resolves, then waits for open responses to end.
 /// With `tls`, every connection is HTTPS, and HTTP/2 when the client offers it (ALPN).
@@ -75,6 +81,9 @@ pub async fn serve(
                 answer(&*service, Some(peer), request)
             })
         };
+        // Every connection's task holds a watcher for its whole life, direct or not: shutdown
+        // waits for every watcher to be dropped, so `serve` returns only once each connection
+        // has ended (a direct subscriber's after its goodbye).
         let watcher = graceful.watcher();
         let options = options.clone();
         let open = OpenConnection::count(&metrics);
@@ -87,28 +96,34 @@ pub async fn serve(
             let ended = match tls {
                 None => {
                     let mut socket = socket;
-                    let served = direct::serve(
-                        &mut socket,
-                        options.idle_timeout,
-                        options.max_header_bytes,
-                        stopping,
-                        |request| async {
-                            answer(&*service, Some(peer), request)
-                                .await
-                                .unwrap_or_else(|never| match never {})
-                        },
-                    )
-                    .await;
-                    let read = match served {
-                        Ok(direct::Served::HandOver(read)) => read,
-                        Ok(direct::Served::Closed) => return,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            return;
+                    let read = if options.direct_sse {
+                        let served = direct::serve(
+                            &mut socket,
+                            options.idle_timeout,
+                            options.peer_timeout,
+                            options.max_header_bytes,
+                            stopping,
+                            |request| async {
+                                answer(&*service, Some(peer), request)
+                                    .await
+                                    .unwrap_or_else(|never| match never {})
+                            },
+                        )
+                        .await;
+                        match served {
+                            Ok(direct::Served::HandOver(read)) => read,
+                            Ok(direct::Served::Closed) => return,
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                                return;
+                            }
                         }
+                    } else {
+                        bytes::Bytes::new()
                     };
                     // hyper reads the bytes already read first, then the socket.
                     let (reader, writer) = socket.into_split();
+                    let writer = Deadline::new(writer, options.peer_timeout);
                     let io = tokio::io::join(std::io::Cursor::new(read).chain(reader), writer);
                     let connection =
                         http1_builder(&options).serve_connection(TokioIo::new(io), per_request);
@@ -119,18 +134,24 @@ pub async fn serve(
                 // Boxed whole: a TLS connection's state (handshake, rustls, h2) is many KiB
                 // that a plain connection's task should not reserve.
                 Some(acceptor) => match Box::pin(async move {
+                    let socket = Deadline::new(socket, options.peer_timeout);
                     let handshake =
                         tokio::time::timeout(options.idle_timeout, acceptor.accept(socket));
-                    let stream = match handshake.await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return None;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return None;
-                        }
+                    let mut stopping = stopping;
+                    let stream = tokio::select! {
+                        handshake = handshake => match handshake {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return None;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return None;
+                            }
+                        },
+                        // No request yet: nothing to finish.
+                        () = direct::stop_signal(&mut stopping) => return None,
                     };
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                     let io = TokioIo::new(stream);
@@ -175,6 +196,10 @@ where
     if let Some(peer) = peer {
         request.extensions_mut().insert(PeerAddr(peer));
     }
+    let malformed = MalformedHead::of(&request);
+    if let Some(malformed) = malformed {
+        request.extensions_mut().insert(malformed);
+    }
     let id = RequestId::of(&request);
     let span = tracing::info_span!(
         "request",
@@ -194,6 +219,7 @@ where
             let status = response.status();
             if status == hyper::StatusCode::PAYLOAD_TOO_LARGE
                 || status == hyper::StatusCode::REQUEST_TIMEOUT
+                || malformed.is_some()
             {
                 response
                     .headers_mut()
