@@ -69,6 +69,9 @@ struct State {
     settings: HashMap<StreamName, StreamSettings>,
     /// Deleted streams whose old events are not purged yet: events up to the id are gone.
     floors: HashMap<StreamName, EventId>,
+    /// Deletes since opening. Readers walk sled without the lock: one that sees this change
+    /// while it reads may have passed events of a deleted life, and reads again.
+    deletes: u64,
 }
 
 impl State {
@@ -148,6 +151,7 @@ impl SledStore {
                 stats,
                 settings,
                 floors,
+                deletes: 0,
             }),
         })
     }
@@ -246,6 +250,95 @@ impl SledStore {
         Ok(appended)
     }
 
+    /// Runs a read with `stream`'s delete floor, again until no delete happened meanwhile.
+    /// sled's iterators are not snapshots: a read that raced a delete (and its purge, and the
+    /// reborn stream's first appends) could return the deleted life's events, or a mix of both
+    /// lives. Deletes are rare, so a second pass is too.
+    fn unraced<T>(
+        &self,
+        stream: &StreamName,
+        read: impl Fn(EventId) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        loop {
+            let (floor, deletes) = {
+                let st = self.state();
+                (st.floor(stream), st.deletes)
+            };
+            let result = read(floor)?;
+            if self.state().deletes == deletes {
+                return Ok(result);
+            }
+        }
+    }
+
+    /// `read` above a floor already taken.
+    fn read_above(
+        &self,
+        stream: &StreamName,
+        after: EventId,
+        upto: EventId,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        if after >= upto || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut events = Vec::with_capacity(limit.min(1024));
+        'runs: for item in runs_from(&self.db, stream, EventId(after.0 + 1)) {
+            let (key, value) = item?;
+            for stored in Run::parse(stream, &key, &value)? {
+                let stored = stored?;
+                if stored.id > upto {
+                    break 'runs;
+                }
+                if stored.id > after {
+                    events.push(stored.event(stream)?);
+                    if events.len() == limit {
+                        break 'runs;
+                    }
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// `read_last` above a floor already taken.
+    fn read_last_above(
+        &self,
+        stream: &StreamName,
+        floor: EventId,
+        upto: EventId,
+        n: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        if floor >= upto || n == 0 {
+            return Ok(Vec::new());
+        }
+        // The run holding `upto` (the first key at or above it), then the runs below it, newest
+        // first. A deleted stream's runs all end at or below its floor, so none straddles it.
+        let lowest = event_key(stream, EventId(floor.0 + 1));
+        let at_upto = event_key(stream, upto);
+        let holding = runs_from(&self.db, stream, upto).next();
+        let below = self.db.range(lowest..at_upto).rev();
+        let mut newest_first = Vec::with_capacity(n.min(1024));
+        'runs: for item in holding.into_iter().chain(below) {
+            let (key, value) = item?;
+            let mut run = Vec::new();
+            for stored in Run::parse(stream, &key, &value)? {
+                let stored = stored?;
+                if stored.id <= upto {
+                    run.push(stored);
+                }
+            }
+            for stored in run.into_iter().rev() {
+                newest_first.push(stored.event(stream)?);
+                if newest_first.len() == n {
+                    break 'runs;
+                }
+            }
+        }
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The lock guards plain data that every writer leaves consistent; a panic elsewhere while
         // holding it cannot leave it half-updated, so a poisoned lock is still usable.
@@ -304,27 +397,9 @@ impl Store for SledStore {
         upto: EventId,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let after = after.max(self.state().floor(stream));
-        if after >= upto || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut events = Vec::with_capacity(limit.min(1024));
-        'runs: for item in runs_from(&self.db, stream, EventId(after.0 + 1)) {
-            let (key, value) = item?;
-            for stored in Run::parse(stream, &key, &value)? {
-                let stored = stored?;
-                if stored.id > upto {
-                    break 'runs;
-                }
-                if stored.id > after {
-                    events.push(stored.event(stream)?);
-                    if events.len() == limit {
-                        break 'runs;
-                    }
-                }
-            }
-        }
-        Ok(events)
+        self.unraced(stream, |floor| {
+            self.read_above(stream, after.max(floor), upto, limit)
+        })
     }
 
     fn read_last(
@@ -333,52 +408,26 @@ impl Store for SledStore {
         upto: EventId,
         n: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let floor = self.state().floor(stream);
-        if floor >= upto || n == 0 {
-            return Ok(Vec::new());
-        }
-        // The run holding `upto` (the first key at or above it), then the runs below it, newest
-        // first. A deleted stream's runs all end at or below its floor, so none straddles it.
-        let lowest = event_key(stream, EventId(floor.0 + 1));
-        let at_upto = event_key(stream, upto);
-        let holding = runs_from(&self.db, stream, upto).next();
-        let below = self.db.range(lowest..at_upto).rev();
-        let mut newest_first = Vec::with_capacity(n.min(1024));
-        'runs: for item in holding.into_iter().chain(below) {
-            let (key, value) = item?;
-            let mut run = Vec::new();
-            for stored in Run::parse(stream, &key, &value)? {
-                let stored = stored?;
-                if stored.id <= upto {
-                    run.push(stored);
-                }
-            }
-            for stored in run.into_iter().rev() {
-                newest_first.push(stored.event(stream)?);
-                if newest_first.len() == n {
-                    break 'runs;
-                }
-            }
-        }
-        newest_first.reverse();
-        Ok(newest_first)
+        self.unraced(stream, |floor| self.read_last_above(stream, floor, upto, n))
     }
 
     fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, StoreError> {
-        if id <= self.state().floor(stream) {
-            return Ok(None);
-        }
-        let Some(item) = runs_from(&self.db, stream, id).next() else {
-            return Ok(None);
-        };
-        let (key, value) = item?;
-        for stored in Run::parse(stream, &key, &value)? {
-            let stored = stored?;
-            if stored.id == id {
-                return Ok(Some(stored.event(stream)?));
+        self.unraced(stream, |floor| {
+            if id <= floor {
+                return Ok(None);
             }
-        }
-        Ok(None)
+            let Some(item) = runs_from(&self.db, stream, id).next() else {
+                return Ok(None);
+            };
+            let (key, value) = item?;
+            for stored in Run::parse(stream, &key, &value)? {
+                let stored = stored?;
+                if stored.id == id {
+                    return Ok(Some(stored.event(stream)?));
+                }
+            }
+            Ok(None)
+        })
     }
 
     fn trim(
@@ -495,6 +544,7 @@ impl Store for SledStore {
         if floor > EventId::ZERO {
             st.floors.insert(stream.clone(), floor);
         }
+        st.deletes += 1;
         Ok(())
     }
 
@@ -668,5 +718,39 @@ mod tests {
             .filter_map(Result::ok)
             .count();
         assert_eq!(runs, 2, "an event of RUN_BYTES fills a run by itself");
+    }
+
+    /// sled's iterators are not snapshots. A reader that took the floor before a delete, and
+    /// walks on while the writer deletes, purges and appends the stream's next life, would
+    /// return the deleted life's events — or both lives mixed. Here the writer's whole turn
+    /// happens inside the first pass of a read: the read notices and reads again.
+    #[test]
+    fn a_read_that_raced_a_delete_reads_again_and_returns_one_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledStore::open(dir.path(), 16 << 20, None).unwrap();
+        let a = StreamName::new("a").unwrap();
+        log.append((0..50).map(|_| new("a", "old")).collect(), 0)
+            .unwrap();
+        let passes = std::cell::Cell::new(0);
+        let events = log
+            .unraced(&a, |floor| {
+                passes.set(passes.get() + 1);
+                // What an unlucky reader's walk sees: the old life first ...
+                let mut seen = log.read_above(&a, floor, EventId(u64::MAX), 25)?;
+                if passes.get() == 1 {
+                    log.delete(&a).unwrap();
+                    while log.purge(8).unwrap() {}
+                    log.append((0..50).map(|_| new("a", "new")).collect(), 0)
+                        .unwrap();
+                }
+                // ... then, past them, whatever is there now.
+                let last = seen.last().map_or(floor, |e| e.id);
+                seen.extend(log.read_above(&a, last, EventId(u64::MAX), 100)?);
+                Ok(seen)
+            })
+            .unwrap();
+        assert_eq!(passes.get(), 2, "the raced pass was read again");
+        assert_eq!(events.len(), 50);
+        assert!(events.iter().all(|e| e.data == "new"), "one life only");
     }
 }
