@@ -99,6 +99,47 @@ async fn stats_count_exactly_what_was_published_and_delivered() {
     assert!(stats["uptime"].as_f64().unwrap() > 0.0);
 }
 
+/// With more streams than a snapshot shows, it shows the busiest: those with subscribers,
+/// then those with events in the last minute, then the first by name — and says there are more.
+#[tokio::test]
+async fn stats_show_the_busiest_streams_and_say_there_are_more() {
+    let server = Server::start(&[]);
+    // 150 streams with one event each, named to sort before the busy ones.
+    let names: Vec<String> = (0..150).map(|i| format!("a-{i:03}")).collect();
+    let events: Vec<(&str, String)> = names
+        .iter()
+        .map(|name| (name.as_str(), "one".to_string()))
+        .collect();
+    publish_batch(&server, &events).await;
+    // One with a subscriber (and no event), one with more events than the rest.
+    let _watching = subscribe(&server, "stream=z-watched", None).await;
+    for _ in 0..5 {
+        publish(&server, "z-active", "busy").await;
+    }
+
+    let (_, stats) = get_json(&server, "/stats").await;
+    let shown: Vec<&str> = stats["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown.len(), 100);
+    assert!(
+        shown.contains(&"z-watched") && shown.contains(&"z-active"),
+        "{shown:?}"
+    );
+    assert_eq!(
+        shown[..98],
+        names[..98].iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
+    assert!(shown.windows(2).all(|w| w[0] < w[1]), "by name");
+    assert_eq!(stats["more_streams"], true);
+    // GET /streams still pages through every one of them.
+    let (_, page) = get_json(&server, "/streams?limit=1000").await;
+    assert_eq!(page.as_array().unwrap().len(), 152);
+}
+
 #[tokio::test]
 async fn stats_live_sends_a_snapshot_a_second_and_hides_private_streams() {
     let server = Server::start(&["--publish-token", "t0ken", "--private", "secret:*"]);

@@ -56,7 +56,9 @@ function render(snapshot) {
   const seconds = previous ? Math.max(0.001, snapshot.uptime - previous.uptime) : 1;
   const before = new Map((previous?.streams ?? []).map((s) => [s.name, s.published]));
   $('stat-connections').textContent = snapshot.connections;
-  $('stat-streams').textContent = snapshot.streams.length;
+  // Only the busiest streams come (GET /streams pages through all of them).
+  $('stat-streams').textContent = snapshot.streams.length + (snapshot.more_streams ? '+' : '');
+  $('more-streams').hidden = !snapshot.more_streams;
   $('stat-uptime').textContent = duration(snapshot.uptime);
   if (previous) {
     $('stat-publish-rate').textContent = Math.round((snapshot.published - previous.published) / seconds);

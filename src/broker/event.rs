@@ -71,6 +71,14 @@ impl StreamName {
     }
 }
 
+/// A name compares, hashes and orders exactly as its text, so maps keyed by names can be
+/// searched by text (`range` from a prefix).
+impl std::borrow::Borrow<str> for StreamName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for StreamName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -142,6 +142,8 @@ pub(crate) struct Shared {
     pub deletions: DashMap<StreamName, u64>,
     /// Events published to each stream since start-up, and per second lately.
     pub published: DashMap<StreamName, activity::Activity>,
+    /// The streams with events in the last minute.
+    pub recent: activity::Recent,
     pub metrics: metrics::BrokerMetrics,
 }
 
@@ -208,6 +210,7 @@ impl Broker {
             visible_changed: Notify::new(),
             deletions: DashMap::new(),
             published: DashMap::new(),
+            recent: activity::Recent::default(),
             metrics,
         });
         let tailer = tailer::run(Arc::downgrade(&shared), head);
@@ -410,8 +413,62 @@ impl Broker {
             .collect())
     }
 
-    /// Every stream [`Broker::streams`] would list, in one page (for the dashboard and
-    /// `/metrics`; `GET /streams` pages).
+    /// The `limit` busiest streams, by name, and whether there are more streams than shown: those
+    /// with the most subscribers on this node, then the most events in the last minute; when
+    /// fewer are busy, the first streams by name fill the page. Costs by the busy streams and
+    /// the page, however many streams exist (the dashboard asks every second).
+    pub async fn busiest(&self, limit: usize) -> Result<(Vec<StreamInfo>, bool), BrokerError> {
+        let now = event::now_millis() / 1000;
+        let mut busy = self.shared.recent.streams(now);
+        busy.extend(self.shared.fanout.streams());
+        let mut ranked: Vec<(usize, u32, StreamName)> = busy
+            .into_iter()
+            .map(|name| {
+                let subscribers = self.shared.fanout.subscribers(&name);
+                let lately = self
+                    .shared
+                    .published
+                    .get(&name)
+                    .map_or(0, |a| a.last_minute(now));
+                (subscribers, lately, name)
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        let mut more = ranked.len() > limit;
+        let mut shown = std::collections::BTreeMap::new();
+        for (_, _, name) in ranked.into_iter().take(limit) {
+            let state = self.shared.engine.stream(&name).await?;
+            if state.stats.is_some()
+                || !state.settings.is_default()
+                || self.shared.fanout.subscribers(&name) > 0
+            {
+                shown.insert(name.clone(), self.info(name, state).await?);
+            }
+        }
+        if shown.len() < limit {
+            let page = self
+                .streams(ListQuery {
+                    prefix: String::new(),
+                    after: None,
+                    limit: limit + 1,
+                })
+                .await?;
+            for info in page {
+                if shown.contains_key(&info.name) {
+                    continue;
+                }
+                if shown.len() == limit {
+                    more = true;
+                    break;
+                }
+                shown.insert(info.name.clone(), info);
+            }
+        }
+        Ok((shown.into_values().collect(), more))
+    }
+
+    /// Every stream [`Broker::streams`] would list, in one page (for `/metrics`; `GET /streams`
+    /// pages, the dashboard shows [`Broker::busiest`]).
     pub async fn all_streams(&self) -> Result<Vec<StreamInfo>, BrokerError> {
         self.streams(ListQuery {
             prefix: String::new(),

@@ -74,13 +74,16 @@ fn apply(shared: &Shared, committed: Committed) {
             shared.visible.store(event.id.0, Ordering::Release);
             shared.metrics.published.inc();
             let now = super::event::now_millis() / 1000;
-            match shared.published.get_mut(&event.stream) {
+            let first_this_second = match shared.published.get_mut(&event.stream) {
                 Some(mut activity) => activity.bump(now),
                 None => shared
                     .published
                     .entry(event.stream.clone())
                     .or_default()
                     .bump(now),
+            };
+            if first_this_second {
+                shared.recent.add(now, &event.stream);
             }
             shared.fanout.send(&event);
         }

@@ -1,5 +1,5 @@
-//! `GET /stats` and `GET /stats/live`: what herald is doing right now — every stream with its
-//! counts, open connections, events published and delivered — as one JSON snapshot, or as an
+//! `GET /stats` and `GET /stats/live`: what herald is doing right now — the busiest streams
+//! with their counts, open connections, events published and delivered — as one JSON snapshot, or as an
 //! SSE stream of snapshots once a second (`event: stats`), which is what the dashboard at `/`
 //! runs on: it updates over SSE from herald, not by polling. Private streams the caller may not
 //! read are left out, as in `GET /streams`.
@@ -21,6 +21,9 @@ use super::wire::{come_back_later, streams_json, StreamJson};
 
 /// How often `GET /stats/live` sends a snapshot.
 const EVERY: Duration = Duration::from_secs(1);
+/// Streams in a snapshot: the busiest (see [`Broker::busiest`](crate::broker::Broker::busiest)).
+/// Hundreds of thousands of streams are normal; `GET /streams` pages through all of them.
+const SHOWN: usize = 100;
 
 #[derive(Serialize)]
 struct Snapshot<'a> {
@@ -32,7 +35,10 @@ struct Snapshot<'a> {
     published: u64,
     /// Events written to subscribers since start-up.
     delivered: u64,
+    /// The busiest streams (at most 100), by name.
     streams: Vec<StreamJson<'a>>,
+    /// Whether there are streams beyond those listed (`GET /streams` pages through all).
+    more_streams: bool,
     /// Per stream, events per second over the last minute (oldest first): in `GET /stats` and
     /// the first snapshot of `GET /stats/live`, so a page's sparklines start with the minute
     /// that passed; later snapshots carry only the counts.
@@ -46,7 +52,7 @@ async fn snapshot(
     grant: &Grant,
     with_recent: bool,
 ) -> Result<serde_json::Value, ApiError> {
-    let mut streams = api.broker.all_streams().await?;
+    let (mut streams, more_streams) = api.broker.busiest(SHOWN).await?;
     streams.retain(|info| api.options.access.may_read(grant, &info.name));
     let names: Vec<_> = streams.iter().map(|s| s.name.clone()).collect();
     let recent = with_recent.then(|| {
@@ -59,6 +65,7 @@ async fn snapshot(
         published: api.broker.published(),
         delivered: api.metrics.delivered.get(),
         streams: streams_json(&streams),
+        more_streams,
         recent,
     };
     // A struct of numbers and strings always serializes.

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::store::{
-    by_name, flatten, keyed_answers, Answered, Request, Store, StoreError, TrimOutcome,
+    by_name, flatten, keyed_answers, page_of, Answered, Request, Store, StoreError, TrimOutcome,
 };
-use crate::broker::engine::{IdempotencyKey, Retention, StreamSettings, StreamStats};
+use crate::broker::engine::{IdempotencyKey, ListQuery, Retention, StreamSettings, StreamStats};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 #[derive(Default)]
@@ -18,8 +18,9 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     last: u64,
-    streams: HashMap<StreamName, Stream>,
-    settings: HashMap<StreamName, StreamSettings>,
+    /// In name order, so a page of the listing is a range search.
+    streams: BTreeMap<StreamName, Stream>,
+    settings: BTreeMap<StreamName, StreamSettings>,
     /// Idempotency keys and their answers, and the same keys by time, oldest first.
     answered: HashMap<IdempotencyKey, Answered>,
     answered_by_time: BTreeSet<(u64, IdempotencyKey)>,
@@ -262,14 +263,16 @@ impl Store for MemoryStore {
     }
 
     fn all_stats(&self) -> Vec<(StreamName, StreamStats)> {
-        let mut all: Vec<_> = self
-            .read_lock()
+        self.read_lock()
             .streams
             .iter()
             .map(|(name, s)| (name.clone(), s.stats))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+            .collect()
+    }
+
+    fn names(&self, query: &ListQuery) -> Vec<StreamName> {
+        let inner = self.read_lock();
+        page_of(&inner.streams, &inner.settings, query)
     }
 
     fn last_id(&self) -> EventId {

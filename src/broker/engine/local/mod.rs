@@ -7,6 +7,7 @@
 //! Reads go straight to the store from a blocking thread; they never wait for the writer.
 
 mod memory;
+mod schedule;
 mod sled;
 pub mod store;
 mod tail;
@@ -101,6 +102,7 @@ impl LocalEngine {
             positions: Positions::new(head),
             sync_seconds: sync_seconds.clone(),
             idempotency_window: options.idempotency_window,
+            schedule: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())
@@ -209,18 +211,9 @@ impl Engine for LocalEngine {
     }
 
     fn list(&self, query: ListQuery) -> EngineFuture<'_, Vec<(StreamName, StreamState)>> {
-        let mut names: Vec<StreamName> = self
+        let page = self
             .store
-            .all_stats()
-            .into_iter()
-            .map(|(name, _)| name)
-            .chain(self.store.all_settings().into_iter().map(|(name, _)| name))
-            .filter(|name| query.admits(name))
-            .collect();
-        names.sort();
-        names.dedup();
-        names.truncate(query.limit);
-        let page = names
+            .names(&query)
             .into_iter()
             .map(|name| {
                 let state = self.state(&name);
@@ -325,6 +318,60 @@ mod tests {
             trim_every: TRIM_EVERY,
         })
         .await;
+    }
+
+    /// The trim step looks only at streams that changed or came of age: a stream nobody
+    /// publishes to again is still trimmed when its events pass the age limit, and one under
+    /// its limits is not looked at again until then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quiet_streams_are_trimmed_when_their_events_come_of_age() {
+        let engine = LocalEngine::open(LocalOptions {
+            retention: Retention {
+                max_len: Some(2),
+                max_age_ms: Some(300),
+            },
+            ..options(Storage::Memory)
+        })
+        .unwrap();
+        let names: Vec<StreamName> = (0..50)
+            .map(|i| StreamName::new(&format!("quiet-{i}")).unwrap())
+            .collect();
+        let events = names
+            .iter()
+            .flat_map(|stream| {
+                (0..3).map(|_| NewEvent {
+                    stream: stream.clone(),
+                    kind: None,
+                    data: "x".into(),
+                })
+            })
+            .collect();
+        engine.append(events, None).await.unwrap();
+        // The length limit applies at the next step; the age limit once 300 ms have passed.
+        let lengths = |engine: &LocalEngine| -> Vec<u64> {
+            names
+                .iter()
+                .map(|s| engine.store.stats(s).map_or(0, |st| st.length))
+                .collect()
+        };
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            tokio::time::sleep(TRIM_EVERY).await;
+            let now = lengths(&engine);
+            if seen.last() != Some(&now) {
+                seen.push(now.clone());
+            }
+            if now.iter().all(|&l| l == 0) {
+                break;
+            }
+        }
+        assert_eq!(
+            seen.first(),
+            Some(&vec![2; 50]),
+            "over the length limit first"
+        );
+        assert_eq!(seen.last(), Some(&vec![0; 50]), "then aged out, unasked");
+        engine.close().await;
     }
 
     /// A key is remembered for its window and then forgotten (by the trim step, from both

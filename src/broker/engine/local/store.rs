@@ -8,7 +8,12 @@
 pub use super::memory::MemoryStore;
 pub use super::sled::SledStore;
 
-use crate::broker::engine::{IdempotencyKey, Receipt, Retention, StreamSettings, StreamStats};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::broker::engine::{
+    IdempotencyKey, ListQuery, Receipt, Retention, StreamSettings, StreamStats,
+};
 use crate::broker::event::{Event, EventId, NewEvent, StreamName};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,36 @@ pub enum StoreError {
 }
 
 /// A per-stream map's entries, by stream name: how the `all_*` methods answer.
+/// The page `query` asks for, from two maps kept in name order (streams with events, streams
+/// with settings): a range search from where the page starts, so O(log n + page).
+pub(crate) fn page_of<A, B>(
+    with_events: &BTreeMap<StreamName, A>,
+    with_settings: &BTreeMap<StreamName, B>,
+    query: &ListQuery,
+) -> Vec<StreamName> {
+    let prefix = query.prefix.as_str();
+    let from = match &query.after {
+        Some(after) if after.as_str() >= prefix => Bound::Excluded(after.as_str()),
+        _ => Bound::Included(prefix),
+    };
+    let bounds = (from, Bound::Unbounded);
+    let page = |names: &mut dyn Iterator<Item = &StreamName>| -> Vec<StreamName> {
+        names
+            .take_while(|name| name.as_str().starts_with(prefix))
+            .take(query.limit)
+            .cloned()
+            .collect()
+    };
+    let mut names = page(&mut with_events.range::<str, _>(bounds).map(|(name, _)| name));
+    names.extend(page(
+        &mut with_settings.range::<str, _>(bounds).map(|(name, _)| name),
+    ));
+    names.sort_unstable();
+    names.dedup();
+    names.truncate(query.limit);
+    names
+}
+
 pub(crate) fn by_name<'a, T: Copy + 'a>(
     entries: impl Iterator<Item = (&'a StreamName, &'a T)>,
 ) -> Vec<(StreamName, T)> {
@@ -207,6 +242,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stream ever published to and still known, by name.
     fn all_stats(&self) -> Vec<(StreamName, StreamStats)>;
+
+    /// One page of the names of streams with events or settings, in order: those `query`
+    /// admits, at most `query.limit`. Costs by the page, not by how many streams exist.
+    fn names(&self, query: &ListQuery) -> Vec<StreamName>;
 
     /// The highest id ever appended (0 for an empty log). New ids are always above it, even
     /// after a crash.
@@ -597,6 +636,55 @@ mod store_tests {
             ids(&log.read(&old, EventId(0), EventId(99), 99).unwrap()),
             [5, 6]
         );
+    }
+
+    /// A page is a range search: the same names, in the same order, as filtering and sorting
+    /// everything would give — for every prefix, start and size.
+    #[test]
+    fn a_page_of_names_is_what_filtering_everything_would_give() {
+        let name = |n: &str| StreamName::new(n).unwrap();
+        let with_events: BTreeMap<StreamName, ()> = ["a", "a:1", "a:2", "ab", "b", "b:x", "c"]
+            .into_iter()
+            .map(|n| (name(n), ()))
+            .collect();
+        let with_settings: BTreeMap<StreamName, ()> = ["a:1", "a:3", "bb", "d"]
+            .into_iter()
+            .map(|n| (name(n), ()))
+            .collect();
+        let everything: std::collections::BTreeSet<StreamName> = with_events
+            .keys()
+            .chain(with_settings.keys())
+            .cloned()
+            .collect();
+        for prefix in ["", "a", "a:", "b", "bb", "z"] {
+            for after in [
+                None,
+                Some("a"),
+                Some("a:1"),
+                Some("ab"),
+                Some("b:x"),
+                Some("zz"),
+            ] {
+                for limit in [0, 1, 2, 3, 100] {
+                    let query = ListQuery {
+                        prefix: prefix.into(),
+                        after: after.map(name),
+                        limit,
+                    };
+                    let expected: Vec<StreamName> = everything
+                        .iter()
+                        .filter(|n| query.admits(n))
+                        .take(limit)
+                        .cloned()
+                        .collect();
+                    assert_eq!(
+                        page_of(&with_events, &with_settings, &query),
+                        expected,
+                        "{query:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

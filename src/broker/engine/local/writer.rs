@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
+use super::schedule::TrimSchedule;
 use super::store::{self as store, Store, StoreError};
 use super::tail::{Positions, TailHub};
 use crate::broker::engine::{
@@ -102,6 +103,8 @@ pub(crate) struct Writer {
     pub sync_seconds: Histogram,
     /// How long a key's answer is kept: a repeat within it stores nothing.
     pub idempotency_window: Duration,
+    /// The streams the next trim step looks at (filled at start-up with every stream).
+    pub schedule: TrimSchedule,
 }
 
 impl Writer {
@@ -109,6 +112,8 @@ impl Writer {
         // The writer is the only one to change settings, so its copy is always current.
         let mut settings: HashMap<StreamName, StreamSettings> =
             self.store.all_settings().into_iter().collect();
+        // Every stream once, then only what changes.
+        self.schedule = TrimSchedule::every(self.store.all_stats().into_iter().map(|(s, _)| s));
         let mut last_time = 0u64;
         let mut next_trim = Instant::now() + self.trim_every;
         let mut trimming = false;
@@ -244,6 +249,9 @@ impl Writer {
                 return;
             }
         };
+        for event in &events {
+            self.schedule.touch(&event.stream);
+        }
         let records = events
             .iter()
             .map(|event| Committed {
@@ -345,6 +353,10 @@ impl Writer {
         } else {
             settings.insert(stream.clone(), new);
         }
+        match change {
+            Change::Delete => self.schedule.forget(stream),
+            _ => self.schedule.touch(stream),
+        }
         let record = match change {
             Change::Seal => {
                 tracing::info!(%stream, "stream sealed");
@@ -387,33 +399,54 @@ impl Writer {
             Ok(keys_left) => more |= keys_left,
             Err(e) => tracing::error!(error = %e, "forgetting old idempotency keys failed"),
         }
-        let overridden = settings
-            .values()
-            .any(|s| s.max_len.is_some() || s.max_age_ms.is_some());
-        if self.retention.is_unlimited() && !overridden {
-            return more;
-        }
+        // Only the streams appended to or re-set since the last step, and those whose oldest
+        // event has come of age: a step costs by what changed, not by how many streams exist.
         let now = now_millis();
-        for (stream, stats) in self.store.all_stats() {
+        for stream in self.schedule.take(now) {
+            let Some(stats) = self.store.stats(&stream) else {
+                continue;
+            };
             let retention = match settings.get(&stream) {
                 Some(own) => self.retention.with(own),
                 None => self.retention,
             };
-            if !retention.wants_trim(&stats, now) {
-                continue;
-            }
-            match self.store.trim(&stream, &retention, now, TRIM_BUDGET) {
-                Ok(outcome) => {
-                    more |= outcome.more;
-                    tracing::debug!(%stream, removed = outcome.removed, "trimmed");
-                    if let Some(through) = self.store.stats(&stream).map(|s| s.trimmed_through) {
-                        if outcome.removed > 0 {
-                            self.tell(Record::Trimmed { stream, through }, None);
+            let mut left = stats;
+            if retention.wants_trim(&stats, now) {
+                match self.store.trim(&stream, &retention, now, TRIM_BUDGET) {
+                    Ok(outcome) => {
+                        tracing::debug!(%stream, removed = outcome.removed, "trimmed");
+                        if outcome.more {
+                            // Over its budget: the next step (at once) goes on with it.
+                            more = true;
+                            self.schedule.touch(&stream);
+                        }
+                        if let Some(after) = self.store.stats(&stream) {
+                            left = after;
+                            if outcome.removed > 0 {
+                                let through = after.trimmed_through;
+                                self.tell(
+                                    Record::Trimmed {
+                                        stream: stream.clone(),
+                                        through,
+                                    },
+                                    None,
+                                );
+                            }
                         }
                     }
+                    Err(e) => {
+                        tracing::error!(%stream, error = %e, "trim failed");
+                        self.schedule.touch(&stream);
+                    }
                 }
-                Err(e) => tracing::error!(%stream, error = %e, "trim failed"),
             }
+            // Looked at again when its oldest event comes of age (a ms past, as `wants_trim`
+            // asks for strictly older).
+            let due = retention
+                .max_age_ms
+                .filter(|_| left.length > 0)
+                .map(|age| left.first_time.saturating_add(age).saturating_add(1));
+            self.schedule.set_due(&stream, due);
         }
         more
     }

@@ -15,7 +15,7 @@
 //!   `[time u64 BE][count u32 BE]`, then per event `[id u64 BE][name len u8][name]`.
 //! - `j` time(u64 BE) key → nothing: the same keys by time, so the oldest are forgotten first.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use sled::Db;
 
@@ -57,8 +57,8 @@ pub(super) fn load<T>(
     db: &Db,
     tag: u8,
     decode: impl Fn(&[u8]) -> Result<T, StoreError>,
-) -> Result<HashMap<StreamName, T>, StoreError> {
-    let mut all = HashMap::new();
+) -> Result<BTreeMap<StreamName, T>, StoreError> {
+    let mut all = BTreeMap::new();
     for item in db.scan_prefix([tag]) {
         let (key, value) = item?;
         let name = std::str::from_utf8(&key[1..])

@@ -24,7 +24,7 @@ mod durability;
 mod keys;
 mod runs;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -40,9 +40,9 @@ use self::keys::{
 use self::runs::{Run, RunWriter};
 
 use super::store::{
-    by_name, flatten, keyed_answers, Answered, Request, Store, StoreError, TrimOutcome,
+    by_name, flatten, keyed_answers, page_of, Answered, Request, Store, StoreError, TrimOutcome,
 };
-use crate::broker::engine::{IdempotencyKey, Retention, StreamSettings, StreamStats};
+use crate::broker::engine::{IdempotencyKey, ListQuery, Retention, StreamSettings, StreamStats};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 impl From<sled::Error> for StoreError {
@@ -65,10 +65,11 @@ pub struct SledStore {
 struct State {
     next: u64,
     ceiling: u64,
-    stats: HashMap<StreamName, StreamStats>,
-    settings: HashMap<StreamName, StreamSettings>,
+    /// In name order, so a page of the listing is a range search.
+    stats: BTreeMap<StreamName, StreamStats>,
+    settings: BTreeMap<StreamName, StreamSettings>,
     /// Deleted streams whose old events are not purged yet: events up to the id are gone.
-    floors: HashMap<StreamName, EventId>,
+    floors: BTreeMap<StreamName, EventId>,
     /// Deletes since opening. Readers walk sled without the lock: one that sees this change
     /// while it reads may have passed events of a deleted life, and reads again.
     deletes: u64,
@@ -581,6 +582,11 @@ impl Store for SledStore {
 
     fn all_stats(&self) -> Vec<(StreamName, StreamStats)> {
         by_name(self.state().stats.iter())
+    }
+
+    fn names(&self, query: &ListQuery) -> Vec<StreamName> {
+        let st = self.state();
+        page_of(&st.stats, &st.settings, query)
     }
 
     fn last_id(&self) -> EventId {
