@@ -233,6 +233,104 @@ async fn https_with_h2_carries_20_sse_streams_on_one_connection() {
     assert_eq!(response.status(), 200);
 }
 
+/// An HTTP/2 connection with no open stream is closed after --idle-timeout (hyper alone keeps
+/// it for ever); one that carries an SSE response is never idle.
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_and_one_carrying_sse_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, pem) = certificate(dir.path());
+    let server = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--idle-timeout",
+        "1",
+    ]);
+    let tls_client = |h1: bool| {
+        let builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+        if h1 { builder.http1_only() } else { builder }
+            .build()
+            .unwrap()
+    };
+    // Connections open and ever accepted, read over a connection of its own (HTTP/1.1, closed
+    // after each scrape).
+    let connections = || async {
+        let text = tls_client(true)
+            .get(server.at("/metrics"))
+            .header("connection", "close")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let metrics = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        (
+            value(&metrics, "herald_connections_open", &[]),
+            value(&metrics, "herald_connections_accepted_total", &[]),
+        )
+    };
+
+    let idle = tls_client(false);
+    let response = idle.get(server.at("/healthz")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    response.text().await.unwrap();
+    let busy = tls_client(false);
+    let sse = busy
+        .get(server.at("/sse?stream=kept"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.version(), reqwest::Version::HTTP_2);
+    let mut events = Box::pin(eventsource_stream::Eventsource::eventsource(
+        sse.bytes_stream(),
+    ));
+    assert_eq!(
+        connections().await.0,
+        3.0,
+        "both h2 connections and the scrape's"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (open, accepted) = connections().await;
+    assert_eq!(
+        open, 2.0,
+        "the idle h2 connection was closed; the SSE one and this scrape's remain"
+    );
+
+    // The SSE connection still works, publish and all, on the same connection.
+    let published = busy
+        .post(server.at("/streams/kept"))
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201);
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.data, "still here");
+    let (_, after) = connections().await;
+    assert_eq!(
+        after,
+        accepted + 1.0,
+        "only this scrape connected since: the SSE connection was kept"
+    );
+    // The closed one reconnects by itself on its next request.
+    assert_eq!(
+        idle.get(server.at("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
 #[test]
 fn a_bad_certificate_path_is_refused_with_the_file_named() {
     let output = common::herald_command()

@@ -39,7 +39,7 @@ use warp::http::{header, HeaderMap, HeaderValue, Method};
 use super::admin::HttpMetrics;
 use super::api::{Api, HttpOptions, PeerAddr};
 use super::deadline::Deadline;
-use super::{direct, routes, MalformedHead};
+use super::{direct, h2, routes, MalformedHead};
 
 /// Serves `api` on `listener` until `stop` resolves, then waits for open responses to end.
 /// With `tls`, every connection is HTTPS, and HTTP/2 when the client offers it (ALPN).
@@ -58,6 +58,9 @@ pub async fn serve(
     let service =
         std::sync::Arc::new(cors(&options.cors_origins).layer(warp::service(routes(api))));
     let graceful = GracefulShutdown::new();
+    // Told once accepting has stopped, with hyper-util's watchers: what HTTP/2 connections
+    // (which watch their own idle time, see `h2`) listen to.
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let mut stop = std::pin::pin!(stop);
     loop {
         let (socket, peer) = tokio::select! {
@@ -89,6 +92,7 @@ pub async fn serve(
         let open = OpenConnection::count(&metrics);
         let tls = tls.clone();
         let stopping = stopping.clone();
+        let closing = closing_rx.clone();
         tokio::spawn(async move {
             let _open = open;
             // A client that fails its handshake, resets or times out ends only its own
@@ -156,8 +160,41 @@ pub async fn serve(
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                     let io = TokioIo::new(stream);
                     Some(if h2 {
+                        // Held, not watched: this task closes the connection itself (on
+                        // shutdown or when idle), and `serve` waits for it all the same.
+                        let _watcher = watcher;
+                        let streams = h2::Streams::new();
+                        let per_request = {
+                            let streams = streams.clone();
+                            service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                                let stream = streams.open();
+                                let answer = answer(&*service, Some(peer), request);
+                                async move {
+                                    let response = answer.await?;
+                                    Ok::<_, Infallible>(
+                                        response.map(|body| h2::Tracked::new(body, stream)),
+                                    )
+                                }
+                            })
+                        };
                         let connection = http2_builder(&options).serve_connection(io, per_request);
-                        watcher.watch(connection).await
+                        let mut connection = std::pin::pin!(connection);
+                        let mut closing = closing;
+                        let mut told = false;
+                        loop {
+                            tokio::select! {
+                                ended = connection.as_mut() => break ended,
+                                () = direct::stop_signal(&mut closing), if !told => {
+                                    told = true;
+                                    connection.as_mut().graceful_shutdown();
+                                }
+                                () = streams.idle_for(options.idle_timeout), if !told => {
+                                    told = true;
+                                    tracing::debug!(%peer, "HTTP/2 connection idle; closing it");
+                                    connection.as_mut().graceful_shutdown();
+                                }
+                            }
+                        }
                     } else {
                         let connection = http1_builder(&options).serve_connection(io, per_request);
                         watcher.watch(connection).await
@@ -175,6 +212,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    closing.send_replace(true);
     graceful.shutdown().await;
 }
 

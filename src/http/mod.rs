@@ -10,6 +10,7 @@ mod deadline;
 mod direct;
 mod embed;
 pub mod error;
+mod h2;
 mod history;
 mod lifecycle;
 pub mod limits;
