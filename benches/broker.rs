@@ -35,7 +35,7 @@ fn encode(c: &mut Criterion) {
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let log = SledStore::open(dir.path(), 64 << 20, None).expect("open log");
+    let log = SledStore::open(dir.path(), 64 << 20).expect("open log");
     let mut group = c.benchmark_group("sled_append");
     for batch in [1usize, 100] {
         group.throughput(Throughput::Elements(batch as u64));
@@ -63,7 +63,7 @@ fn append(c: &mut Criterion) {
 
 fn catch_up(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let log = SledStore::open(dir.path(), 256 << 20, None).expect("open log");
+    let log = SledStore::open(dir.path(), 256 << 20).expect("open log");
     for _ in 0..100 {
         log.append(events(1000, 100), 1).expect("append");
     }

@@ -24,36 +24,7 @@ async fn every_durable_publish_is_answered_only_after_an_fdatasync_of_the_log() 
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let trace = dir.path().join("trace");
-    let pid_file = dir.path().join("pid");
-    // `sh` writes its pid and becomes herald, so the pid is herald's, traced from its first
-    // instruction. Only the calls that matter are traced: fdatasync, and the writes that carry
-    // the answers.
-    let script = format!(
-        "echo $$ > '{}'; exec '{}' --listen 127.0.0.1:0 --data '{}'",
-        pid_file.display(),
-        env!("CARGO_BIN_EXE_herald"),
-        data.display()
-    );
-    let mut strace = Command::new("strace");
-    common::clean_env(&mut strace);
-    let mut strace = strace
-        .args([
-            "-f",
-            "-y",
-            "-s",
-            "32",
-            "-e",
-            "trace=fsync,fdatasync,write,writev,sendto",
-        ])
-        .arg("-o")
-        .arg(&trace)
-        .args(["sh", "-c", &script])
-        .env("RUST_LOG", "herald=warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run strace (scripts/test installs it)");
-    let url = listening_url(&mut strace);
+    let (mut traced, url) = Traced::start(dir.path(), &[]);
 
     let http = client();
     for i in 0..PUBLISHES {
@@ -66,14 +37,7 @@ async fn every_durable_publish_is_answered_only_after_an_fdatasync_of_the_log() 
         assert_eq!(response.status(), 201);
     }
 
-    // A clean stop ends herald, and with it strace, which then has written all it traced.
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    Command::new("kill")
-        .args(["-TERM", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(strace.wait().unwrap().success());
-    let trace = std::fs::read_to_string(&trace).unwrap();
+    let trace = traced.stop();
 
     // Walk the calls in the order they happened: a completed fdatasync of `…/data/db` must come
     // between any two answers (and before the first).
@@ -126,4 +90,135 @@ async fn every_durable_publish_is_answered_only_after_an_fdatasync_of_the_log() 
             "no fsync of {synced} at opening:\n{trace}"
         );
     }
+}
+
+/// herald under `strace`, tracing the calls that matter: fsync, fdatasync, and the writes that
+/// carry the answers (with `-tt` times).
+struct Traced {
+    strace: std::process::Child,
+    pid_file: std::path::PathBuf,
+    trace: std::path::PathBuf,
+}
+
+impl Traced {
+    fn start(dir: &std::path::Path, flags: &[&str]) -> (Traced, String) {
+        let data = dir.join("data");
+        let trace = dir.join("trace");
+        let pid_file = dir.join("pid");
+        // `sh` writes its pid and becomes herald, so the pid is herald's, traced from its first
+        // instruction.
+        let script = format!(
+            "echo $$ > '{}'; exec '{}' --listen 127.0.0.1:0 --data '{}' {}",
+            pid_file.display(),
+            env!("CARGO_BIN_EXE_herald"),
+            data.display(),
+            flags.join(" ")
+        );
+        let mut strace = Command::new("strace");
+        common::clean_env(&mut strace);
+        let mut strace = strace
+            .args([
+                "-f",
+                "-y",
+                "-tt",
+                "-s",
+                "32",
+                "-e",
+                "trace=fsync,fdatasync,write,writev,sendto",
+            ])
+            .arg("-o")
+            .arg(&trace)
+            .args(["sh", "-c", &script])
+            .env("RUST_LOG", "herald=warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run strace (scripts/test installs it)");
+        let url = listening_url(&mut strace);
+        (
+            Traced {
+                strace,
+                pid_file,
+                trace,
+            },
+            url,
+        )
+    }
+
+    /// A clean stop ends herald, and with it strace, which then has written all it traced.
+    fn stop(&mut self) -> String {
+        let pid = std::fs::read_to_string(&self.pid_file).unwrap();
+        Command::new("kill")
+            .args(["-TERM", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(self.strace.wait().unwrap().success());
+        std::fs::read_to_string(&self.trace).unwrap()
+    }
+}
+
+/// Seconds since midnight of a `strace -tt` line (`PID HH:MM:SS.micros ...`).
+fn time_of(line: &str) -> f64 {
+    let time = line.split_whitespace().nth(1).unwrap_or_default();
+    time.split(':')
+        .map(|part| part.parse::<f64>().unwrap_or(0.0))
+        .fold(0.0, |total, part| total * 60.0 + part)
+}
+
+/// With `--flush-interval`, answers do not wait for a sync, and the writer syncs the log by
+/// itself afterwards (sled's own background flusher is not used: it only `sync_file_range`s).
+#[tokio::test]
+async fn with_a_flush_interval_answers_come_first_and_a_sync_follows_unasked() {
+    if std::env::var_os("HERALD_SKIP_STRACE").is_some() {
+        eprintln!("HERALD_SKIP_STRACE is set: the fsync test was not run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut traced, url) = Traced::start(dir.path(), &["--flush-interval", "200"]);
+    let http = client();
+    for i in 0..PUBLISHES {
+        let response = http
+            .post(format!("{url}/streams/kept"))
+            .body(format!("event {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    // Well past the interval, with nothing published: the sync must come from the writer.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let trace = traced.stop();
+    let log_file = format!("{}/db>", data.display());
+    let lines: Vec<&str> = trace.lines().collect();
+    let answers: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("HTTP/1.1 201"))
+        .collect();
+    assert_eq!(answers.len(), PUBLISHES, "{trace}");
+    let syncs: Vec<usize> = (0..lines.len())
+        .filter(|&i| {
+            (lines[i].contains("fdatasync(") && lines[i].contains(&log_file)
+                || lines[i].contains("<... fdatasync resumed>"))
+                && lines[i].ends_with("= 0")
+        })
+        .collect();
+    let between = |a: usize, b: usize| syncs.iter().filter(|&&s| s > a && s < b).count();
+    let unsynced = answers
+        .windows(2)
+        .filter(|w| between(w[0], w[1]) == 0)
+        .count();
+    assert!(
+        unsynced > 0,
+        "some answers followed each other with no sync between: they do not wait for one\n{trace}"
+    );
+    let last = *answers.last().unwrap();
+    let next_sync = syncs
+        .iter()
+        .find(|&&s| s > last)
+        .unwrap_or_else(|| panic!("no sync of the log after the last answer:\n{trace}"));
+    let after = time_of(lines[*next_sync]) - time_of(lines[last]);
+    assert!(
+        after < 1.5,
+        "the log was synced {after:.3} s after the last answer, not within the 200 ms interval \
+         (and before the stop 2 s later):\n{trace}"
+    );
 }

@@ -75,14 +75,10 @@ impl LocalEngine {
     pub fn open(options: LocalOptions) -> Result<LocalEngine, EngineError> {
         let store: Arc<dyn Store> = match &options.storage {
             Storage::Memory => Arc::new(MemoryStore::new()),
+            // Never sled's own background flusher: with `--flush-interval` the writer syncs on
+            // its schedule (see `Writer::run`), so the window a crash can lose is bounded.
             Storage::Disk { dir, cache_bytes } => {
-                let flush_every = match options.durability {
-                    Durability::Fsync => None,
-                    Durability::Interval(every) => Some(every.as_millis().max(1) as u64),
-                };
-                Arc::new(
-                    SledStore::open(dir, *cache_bytes, flush_every).map_err(EngineError::store)?,
-                )
+                Arc::new(SledStore::open(dir, *cache_bytes).map_err(EngineError::store)?)
             }
         };
         let head = Position::of_event(store.last_id());

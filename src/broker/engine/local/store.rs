@@ -273,7 +273,7 @@ pub(crate) fn new(stream: &str, data: &str) -> NewEvent {
 /// lets go of it only once its io threads have finished their last writes, a moment later.
 pub(crate) fn open_sled(dir: &std::path::Path) -> SledStore {
     for _ in 0..200 {
-        match SledStore::open(dir, 16 << 20, None) {
+        match SledStore::open(dir, 16 << 20) {
             Ok(log) => return log,
             Err(StoreError::InUse(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
             Err(e) => panic!("{e}"),
@@ -442,7 +442,7 @@ mod store_tests {
     #[test]
     fn the_sled_store_keeps_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
-        exercise_store(&SledStore::open(dir.path(), 16 << 20, None).unwrap());
+        exercise_store(&SledStore::open(dir.path(), 16 << 20).unwrap());
     }
 
     type Seen = (u64, String, Option<String>, String, u64);

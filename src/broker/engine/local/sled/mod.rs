@@ -82,18 +82,14 @@ impl State {
 }
 
 impl SledStore {
-    /// Opens (or creates) the log in `dir`. `cache_bytes` bounds sled's page cache;
-    /// `flush_every_ms` turns on sled's background flusher (for the relaxed durability mode; with
-    /// `None` only [`Store::sync`] flushes).
-    pub fn open(
-        dir: &Path,
-        cache_bytes: u64,
-        flush_every_ms: Option<u64>,
-    ) -> Result<Self, StoreError> {
+    /// Opens (or creates) the log in `dir`. `cache_bytes` bounds sled's page cache. Only
+    /// [`Store::sync`] flushes: sled's background flusher stays off (the writer syncs on its own
+    /// schedule with `--flush-interval`).
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(flush_every_ms)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
                 // sled holds an exclusive lock on its file while a database is open, and reports
@@ -733,7 +729,7 @@ mod tests {
     #[test]
     fn a_read_that_raced_a_delete_reads_again_and_returns_one_life() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SledStore::open(dir.path(), 16 << 20, None).unwrap();
+        let log = SledStore::open(dir.path(), 16 << 20).unwrap();
         let a = StreamName::new("a").unwrap();
         log.append((0..50).map(|_| new("a", "old")).collect(), 0)
             .unwrap();
