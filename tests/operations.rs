@@ -169,18 +169,9 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
 #[tokio::test]
 async fn https_with_h2_carries_20_sse_streams_on_one_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, pem) = certificate(dir.path());
-    let server = Server::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (server, pem) = tls_server(dir.path(), &[]);
     assert!(server.url.starts_with("https://"), "{}", server.url);
-    let h2 = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
+    let h2 = trusting(&pem);
 
     let mut streams = Vec::new();
     for _ in 0..20 {
@@ -223,12 +214,11 @@ async fn https_with_h2_carries_20_sse_streams_on_one_connection() {
     );
 
     // HTTP/1.1 over TLS still works (ALPN), for clients that do not speak h2.
-    let h1 = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
-        .http1_only()
-        .build()
+    let response = trusting_http1(&pem)
+        .get(server.at("/healthz"))
+        .send()
+        .await
         .unwrap();
-    let response = h1.get(server.at("/healthz")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
     assert_eq!(response.status(), 200);
 }
@@ -238,26 +228,11 @@ async fn https_with_h2_carries_20_sse_streams_on_one_connection() {
 #[tokio::test]
 async fn an_idle_h2_connection_is_closed_and_one_carrying_sse_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, pem) = certificate(dir.path());
-    let server = Server::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--idle-timeout",
-        "1",
-    ]);
-    let tls_client = |h1: bool| {
-        let builder = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
-        if h1 { builder.http1_only() } else { builder }
-            .build()
-            .unwrap()
-    };
+    let (server, pem) = tls_server(dir.path(), &["--idle-timeout", "1"]);
     // Connections open and ever accepted, read over a connection of its own (HTTP/1.1, closed
     // after each scrape).
     let connections = || async {
-        let text = tls_client(true)
+        let text = trusting_http1(&pem)
             .get(server.at("/metrics"))
             .header("connection", "close")
             .send()
@@ -273,11 +248,11 @@ async fn an_idle_h2_connection_is_closed_and_one_carrying_sse_is_not() {
         )
     };
 
-    let idle = tls_client(false);
+    let idle = trusting(&pem);
     let response = idle.get(server.at("/healthz")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     response.text().await.unwrap();
-    let busy = tls_client(false);
+    let busy = trusting(&pem);
     let sse = busy
         .get(server.at("/sse?stream=kept"))
         .send()
@@ -427,12 +402,35 @@ async fn json_logs_carry_request_ids_and_no_event_data() {
     );
 }
 
-/// A client that trusts only this certificate (and the usual public roots).
+/// A client that trusts only this certificate (and the usual public roots); HTTP/2 when the
+/// server offers it.
 fn trusting(pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
         .build()
         .unwrap()
+}
+
+/// The same, speaking HTTP/1.1 only.
+fn trusting_http1(pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap()
+}
+
+/// herald serving HTTPS with a fresh self-signed certificate, and that certificate's PEM.
+fn tls_server(dir: &Path, extra: &[&str]) -> (Server, String) {
+    let (cert, key, pem) = certificate(dir);
+    let mut flags = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    flags.extend_from_slice(extra);
+    (Server::start(&flags), pem)
 }
 
 /// An Ed25519 key pair made by openssl: (private PEM, public PEM) contents.
