@@ -16,7 +16,17 @@ use serde_json::json;
 
 /// One scrape of `/metrics`, parsed.
 async fn scrape(server: &Server) -> Scrape {
-    let response = client().get(server.at("/metrics")).send().await.unwrap();
+    scrape_with(&client(), server).await
+}
+
+/// One scrape of `/metrics` with this client (over TLS, HTTP/2 or one connection of its own).
+async fn scrape_with(client: &reqwest::Client, server: &Server) -> Scrape {
+    let response = client
+        .get(server.at("/metrics"))
+        .header("connection", "close")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"]
         .to_str()
@@ -197,15 +207,7 @@ async fn https_with_h2_carries_20_sse_streams_on_one_connection() {
             .unwrap();
         assert_eq!(event.data, "to all twenty");
     }
-    let text = h2
-        .get(server.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metrics = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let metrics = scrape_with(&h2, &server).await;
     assert_eq!(value(&metrics, "herald_subscriptions", &[]), 20.0);
     assert_eq!(
         value(&metrics, "herald_connections_accepted_total", &[]),
@@ -232,16 +234,7 @@ async fn an_idle_h2_connection_is_closed_and_one_carrying_sse_is_not() {
     // Connections open and ever accepted, read over a connection of its own (HTTP/1.1, closed
     // after each scrape).
     let connections = || async {
-        let text = trusting_http1(&pem)
-            .get(server.at("/metrics"))
-            .header("connection", "close")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let metrics = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let metrics = scrape_with(&trusting_http1(&pem), &server).await;
         (
             value(&metrics, "herald_connections_open", &[]),
             value(&metrics, "herald_connections_accepted_total", &[]),
