@@ -640,10 +640,6 @@ async fn public_key_tokens_are_verified_with_the_keys_own_algorithm() {
         "--private",
         "user:*",
     ]);
-    let read = |token: String| {
-        let url = server.at(&format!("/streams/user:42/events?token={token}"));
-        async move { client().get(url).send().await.unwrap().status() }
-    };
     for (private, kid) in [(&rsa.0, None), (&p256.0, None), (&ed.0, Some("ed"))] {
         let mut args = vec![
             "--jwt-private-key",
@@ -655,20 +651,23 @@ async fn public_key_tokens_are_verified_with_the_keys_own_algorithm() {
             args.extend(["--kid", kid]);
         }
         let token = minted_with(&args);
-        assert_eq!(read(token).await, StatusCode::OK, "signed with {private}");
+        assert_eq!(
+            read_user42(&server, token).await,
+            StatusCode::OK,
+            "signed with {private}"
+        );
     }
     // A key herald does not have, with or without a kid.
     let stranger = minted_with(&["--jwt-private-key", &other.0, "--subscribe", "user:42"]);
-    assert_eq!(read(stranger).await, StatusCode::UNAUTHORIZED);
-    let wrong_kid = minted_with(&[
-        "--jwt-private-key",
-        &ed.0,
-        "--kid",
-        "rsa",
-        "--subscribe",
-        "user:42",
-    ]);
-    assert_eq!(read(wrong_kid).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        read_user42(&server, stranger).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let wrong_kid = user42_token(&ed.0, "rsa");
+    assert_eq!(
+        read_user42(&server, wrong_kid).await,
+        StatusCode::UNAUTHORIZED
+    );
     // Algorithm confusion: HS256 "signed" with the RSA public key as the secret.
     let public_pem = std::fs::read(&rsa.1).unwrap();
     let confused = encode(
@@ -677,11 +676,35 @@ async fn public_key_tokens_are_verified_with_the_keys_own_algorithm() {
         &EncodingKey::from_secret(&public_pem),
     )
     .unwrap();
-    assert_eq!(read(confused).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        read_user42(&server, confused).await,
+        StatusCode::UNAUTHORIZED
+    );
     // alg "none": {"alg":"none","typ":"JWT"}.{"subscribe":["user:42"]}. with no signature.
     let unsigned =
         "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWJzY3JpYmUiOlsidXNlcjo0MiJdfQ.".to_owned();
-    assert_eq!(read(unsigned).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        read_user42(&server, unsigned).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// A token that may read `user:42`, signed with `private` and naming `kid`.
+fn user42_token(private: &str, kid: &str) -> String {
+    minted_with(&[
+        "--jwt-private-key",
+        private,
+        "--kid",
+        kid,
+        "--subscribe",
+        "user:42",
+    ])
+}
+
+/// The status of reading `user:42`'s history with `token`.
+async fn read_user42(server: &Server, token: String) -> StatusCode {
+    let url = server.at(&format!("/streams/user:42/events?token={token}"));
+    client().get(url).send().await.unwrap().status()
 }
 
 /// `herald token …` with these flags and no secret in the environment.
@@ -784,30 +807,25 @@ async fn a_jwks_is_fetched_again_for_a_new_kid_but_not_for_every_made_up_one() {
     let provider = Provider::start(json!({"keys": [first_jwk.clone()]}).to_string()).await;
     let server = Server::start(&["--jwks-url", &provider.url, "--private", "user:*"]);
     assert_eq!(provider.fetches(), 1, "fetched at start-up");
-    let read = |token: String| {
-        let url = server.at(&format!("/streams/user:42/events?token={token}"));
-        async move { client().get(url).send().await.unwrap().status() }
-    };
-    let token = |private: &str, kid: &str| {
-        minted_with(&[
-            "--jwt-private-key",
-            private,
-            "--kid",
-            kid,
-            "--subscribe",
-            "user:42",
-        ])
-    };
-    assert_eq!(read(token(&first, "k1")).await, StatusCode::OK);
+    assert_eq!(
+        read_user42(&server, user42_token(&first, "k1")).await,
+        StatusCode::OK
+    );
     assert_eq!(provider.fetches(), 1, "a known kid fetches nothing");
 
     // The provider rotates in a new key: its first token works.
     provider.serve(json!({"keys": [first_jwk.clone(), second_jwk]}).to_string());
-    assert_eq!(read(token(&second, "k2")).await, StatusCode::OK);
+    assert_eq!(
+        read_user42(&server, user42_token(&second, "k2")).await,
+        StatusCode::OK
+    );
     assert_eq!(provider.fetches(), 2);
     // Made-up kids right after: refused, and no fetch storm.
     for _ in 0..5 {
-        assert_eq!(read(token(&stranger, "k3")).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            read_user42(&server, user42_token(&stranger, "k3")).await,
+            StatusCode::UNAUTHORIZED
+        );
     }
     assert_eq!(
         provider.fetches(),
@@ -815,7 +833,10 @@ async fn a_jwks_is_fetched_again_for_a_new_kid_but_not_for_every_made_up_one() {
         "at most one fetch per 30 s for unknown kids"
     );
     // A key of the set is not a key for another kid's tokens.
-    assert_eq!(read(token(&first, "k2")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        read_user42(&server, user42_token(&first, "k2")).await,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1046,23 +1067,15 @@ async fn a_failing_jwks_refresh_keeps_the_last_good_keys() {
     let provider = Provider::start(json!({"keys": [first_jwk]}).to_string()).await;
     let server = Server::start(&["--jwks-url", &provider.url, "--private", "user:*"]);
     provider.serve("<html>the provider is down</html>".into());
-    let read = |token: String| {
-        let url = server.at(&format!("/streams/user:42/events?token={token}"));
-        async move { client().get(url).send().await.unwrap().status() }
-    };
-    let token = |private: &str, kid: &str| {
-        minted_with(&[
-            "--jwt-private-key",
-            private,
-            "--kid",
-            kid,
-            "--subscribe",
-            "user:42",
-        ])
-    };
     // An unknown kid makes herald fetch; the fetch fails.
-    assert_eq!(read(token(&stranger, "k9")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        read_user42(&server, user42_token(&stranger, "k9")).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(provider.fetches(), 2);
     // The keys it had still verify.
-    assert_eq!(read(token(&first, "k1")).await, StatusCode::OK);
+    assert_eq!(
+        read_user42(&server, user42_token(&first, "k1")).await,
+        StatusCode::OK
+    );
 }

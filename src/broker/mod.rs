@@ -436,12 +436,9 @@ impl Broker {
         ranked.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
         let mut more = ranked.len() > limit;
         let mut shown = std::collections::BTreeMap::new();
-        for (_, _, name) in ranked.into_iter().take(limit) {
+        for (subscribers, _, name) in ranked.into_iter().take(limit) {
             let state = self.shared.engine.stream(&name).await?;
-            if state.stats.is_some()
-                || !state.settings.is_default()
-                || self.shared.fanout.subscribers(&name) > 0
-            {
+            if state.stats.is_some() || !state.settings.is_default() || subscribers > 0 {
                 shown.insert(name.clone(), self.info(name, state).await?);
             }
         }
