@@ -135,6 +135,21 @@ enum Mode {
         #[arg(long)]
         server_pid: u32,
     },
+    /// N clients arrive in one room at once, each a member (`client=`) and a watcher
+    /// (`presence=1`), as a live Q&A's audience does when the talk starts (herald only): how
+    /// long until every watcher has seen the full count, the join frames that took, and the
+    /// server's CPU for the whole arrival.
+    Presence {
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        url: String,
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        /// Connections being opened at any moment (the rest wait their turn).
+        #[arg(long, default_value_t = 200)]
+        connecting: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Batch publishing (`POST /publish`, herald only) of N events, then one subscriber that
     /// replays them all from the log (`last_id=0`), counting frames.
     Replay {
@@ -749,6 +764,126 @@ async fn burst_mode(
 }
 
 /// One `POST /publish` of a JSON array; panics unless it is accepted.
+/// Reads one watcher's frames and remembers the `count` of the newest presence frame.
+#[derive(Default)]
+struct CountTracker {
+    pending: Vec<u8>,
+    /// Presence frames read whole.
+    frames: u64,
+    count: u64,
+}
+
+impl CountTracker {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        let Some(end) = memchr::memmem::rfind(&self.pending, b"\n\n") else {
+            return;
+        };
+        let whole = &self.pending[..end];
+        self.frames += memchr::memmem::find_iter(whole, b"\nevent: ").count() as u64
+            + u64::from(whole.starts_with(b"event: "));
+        if let Some(at) = memchr::memmem::rfind(whole, b"\"count\":") {
+            let digits = &whole[at + 8..];
+            let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+            if let Some(n) = std::str::from_utf8(&digits[..len])
+                .ok()
+                .and_then(|d| d.parse().ok())
+            {
+                self.count = n;
+            }
+        }
+        self.pending.drain(..end + 2);
+    }
+}
+
+async fn presence_mode(url: String, clients: usize, connecting: usize, server_pid: Option<u32>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let room = format!("room{}", micros_now() % 1_000_000);
+    let frames = Arc::new(AtomicU64::new(0));
+    let cpu_before = server_pid.and_then(cpu_ms);
+    let started = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(connecting.max(1)));
+    let (settled_tx, mut settled) = tokio::sync::mpsc::unbounded_channel();
+    let (connected_tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
+    let target = clients as u64;
+    let readers: Vec<_> = (0..clients)
+        .map(|i| {
+            let sub = format!("{url}/sse?stream={room}&client=c{i}&presence=1");
+            let (gate, settled_tx, connected_tx, frames) = (
+                gate.clone(),
+                settled_tx.clone(),
+                connected_tx.clone(),
+                frames.clone(),
+            );
+            tokio::spawn(async move {
+                let permit = gate.acquire_owned().await.expect("gate");
+                let (mut socket, rest) = open_raw(&sub).await.expect("subscribe");
+                drop(permit);
+                let _ = connected_tx.send(started.elapsed());
+                let mut tracker = CountTracker::default();
+                let mut told = false;
+                let mut bytes = rest;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let before = tracker.frames;
+                    tracker.feed(&bytes);
+                    frames.fetch_add(tracker.frames - before, Ordering::Relaxed);
+                    if !told && tracker.count == target {
+                        told = true;
+                        let _ = settled_tx.send(started.elapsed());
+                    }
+                    match socket.read(&mut buf).await {
+                        Ok(n) if n > 0 => bytes = buf[..n].to_vec(),
+                        _ => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    drop((settled_tx, connected_tx));
+    let mut last_connected = Duration::ZERO;
+    for _ in 0..clients {
+        match connected.recv().await {
+            Some(at) => last_connected = last_connected.max(at),
+            None => break,
+        }
+    }
+    let mut times = Vec::with_capacity(clients);
+    while times.len() < clients {
+        match tokio::time::timeout(Duration::from_secs(120), settled.recv()).await {
+            Ok(Some(at)) => times.push(at.as_micros() as u64),
+            _ => break,
+        }
+    }
+    let cpu_after = server_pid.and_then(cpu_ms);
+    times.sort_unstable();
+    let all = times.last().copied().unwrap_or(0);
+    // Every frame is in by now; close the connections.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for reader in &readers {
+        reader.abort();
+    }
+    println!(
+        "presence: {clients} clients in one room, all connected by {:.0} ms; {} of {clients} watchers saw count {clients}, the median by {:.0} ms, the last by {:.0} ms; {} join frames received",
+        last_connected.as_secs_f64() * 1e3,
+        times.len(),
+        percentile(&times, 50.0) as f64 / 1e3,
+        all as f64 / 1e3,
+        frames.load(Ordering::Relaxed),
+    );
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        // Each watcher is told of its own join and every later one.
+        let told = target * (target + 1) / 2;
+        println!(
+            "presence server cpu: {:.0} ms for the arrival, {:.2} µs per join frame ({told} of them)",
+            after - before,
+            (after - before) * 1e3 / told as f64,
+        );
+    }
+}
+
 async fn post_batch(client: &reqwest::Client, url: &str, body: &bytes::Bytes) {
     let r = client
         .post(url)
@@ -1006,6 +1141,12 @@ fn main() {
                 size,
                 server_pid,
             } => stalled_mode(url, stalled, seconds, batch, size, server_pid).await,
+            Mode::Presence {
+                url,
+                clients,
+                connecting,
+                server_pid,
+            } => presence_mode(url, clients, connecting, server_pid).await,
             Mode::Replay {
                 url,
                 events,

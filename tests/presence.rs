@@ -135,6 +135,53 @@ async fn watchers_get_join_and_leave_frames_with_the_count() {
     );
 }
 
+/// A whole room arriving at once, each client a member and a watcher: every watcher is told of
+/// its own join and of every later one (and of any that came in while it was being set up), once
+/// each, in order, each with the count after it.
+/// (Each join is encoded once for all watchers, and a busy watcher writes its backlog in one
+/// go; `benches/load.rs presence` measures that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_arriving_at_once_is_told_every_join_in_order() {
+    const N: u64 = 300;
+    let server = Server::start(&["--presence-grace", "0"]);
+    let queries: Vec<String> = (0..N)
+        .map(|i| format!("stream=hall&client=c{i}&presence=1"))
+        .collect();
+    let watchers =
+        futures::future::join_all(queries.iter().map(|q| RawSse::open(&server, q, None))).await;
+    let mut own_counts = Vec::new();
+    for (i, watcher) in watchers.iter().enumerate() {
+        let text = watcher.wait_for(&format!("\"count\":{N}}}")).await;
+        let joins = changes(&text, "join");
+        let own = joins
+            .iter()
+            .find(|j| j["client"] == format!("c{i}"))
+            .unwrap_or_else(|| panic!("c{i} is told of its own join"));
+        own_counts.push(own["count"].as_u64().unwrap());
+        let first = joins[0]["count"].as_u64().unwrap();
+        let counts: Vec<u64> = joins.iter().map(|j| j["count"].as_u64().unwrap()).collect();
+        assert_eq!(
+            counts,
+            (first..=N).collect::<Vec<_>>(),
+            "c{i}: every later join, in order"
+        );
+        let mut who: Vec<&str> = joins
+            .iter()
+            .map(|j| j["client"].as_str().unwrap())
+            .collect();
+        who.sort_unstable();
+        who.dedup();
+        assert_eq!(who.len(), joins.len(), "c{i}: each client once");
+    }
+    own_counts.sort_unstable();
+    assert_eq!(
+        own_counts,
+        (1..=N).collect::<Vec<_>>(),
+        "one join per client"
+    );
+    assert_eq!(online(&server, "hall").await, N);
+}
+
 #[tokio::test]
 async fn a_reload_within_the_grace_period_is_neither_leave_nor_join() {
     let server = Server::start(&["--presence-grace", "1.5"]);

@@ -13,9 +13,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
@@ -74,14 +75,60 @@ pub enum ChangeKind {
     Leave,
 }
 
-/// One join or leave, as watchers receive it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One join or leave, as watchers receive it. Every watcher of a room receives a clone of the
+/// same change, and they share its bytes on the wire (see [`PresenceChange::encoded`]): a room
+/// of thousands encodes each join once, not once per watcher.
+#[derive(Clone)]
 pub struct PresenceChange {
     pub kind: ChangeKind,
     pub stream: StreamName,
     pub client: ClientId,
     /// Members of the stream after this change.
     pub count: usize,
+    encoded: Arc<OnceLock<Bytes>>,
+}
+
+impl PresenceChange {
+    pub fn new(
+        kind: ChangeKind,
+        stream: StreamName,
+        client: ClientId,
+        count: usize,
+    ) -> PresenceChange {
+        PresenceChange {
+            kind,
+            stream,
+            client,
+            count,
+            encoded: Arc::default(),
+        }
+    }
+
+    /// This change's bytes: made by `encode` for the first watcher that asks, then shared by
+    /// every clone (a clone of `Bytes` is a reference count).
+    pub fn encoded(&self, encode: impl FnOnce(&PresenceChange) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(self)).clone()
+    }
+}
+
+impl PartialEq for PresenceChange {
+    fn eq(&self, other: &PresenceChange) -> bool {
+        (self.kind, &self.stream, &self.client, self.count)
+            == (other.kind, &other.stream, &other.client, other.count)
+    }
+}
+
+impl Eq for PresenceChange {}
+
+impl fmt::Debug for PresenceChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresenceChange")
+            .field("kind", &self.kind)
+            .field("stream", &self.stream)
+            .field("client", &self.client)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One member, as `GET /streams/{stream}/presence` shows it.
@@ -123,12 +170,12 @@ impl Room {
 
     fn tell(&self, kind: ChangeKind, stream: &StreamName, client: &ClientId) {
         // An error only means nobody watches.
-        let _ = self.changes.send(PresenceChange {
+        let _ = self.changes.send(PresenceChange::new(
             kind,
-            stream: stream.clone(),
-            client: client.clone(),
-            count: self.members.len(),
-        });
+            stream.clone(),
+            client.clone(),
+            self.members.len(),
+        ));
     }
 
     fn unused(&self) -> bool {
@@ -404,6 +451,11 @@ impl PresenceWatch {
     pub async fn next(&mut self) -> Option<PresenceChange> {
         self.changes.next().await
     }
+
+    /// A change that is ready now, without waiting: for writing a burst of joins at once.
+    pub fn try_next(&mut self) -> Option<PresenceChange> {
+        self.changes.next().now_or_never().flatten()
+    }
 }
 
 /// The local watch: one broadcast receiver per stream. Dropping it lets rooms that nobody uses
@@ -466,6 +518,33 @@ mod tests {
         assert!(ClientId::new("").is_err());
         assert!(ClientId::new("a\nb").is_err());
         assert!(ClientId::new(&"x".repeat(129)).is_err());
+    }
+
+    /// Every watcher gets a clone of the same change, and the first to encode it encodes it
+    /// for all; a watcher can take what is ready without waiting.
+    #[tokio::test]
+    async fn watchers_share_each_change_and_take_a_burst_without_waiting() {
+        let presence = Arc::new(LocalPresence::new(Duration::ZERO));
+        let room = [s("room")];
+        let (mut one, mut two) = (presence.clone().watch(&room), presence.clone().watch(&room));
+        assert!(one.try_next().is_none(), "nothing yet");
+        let members: Vec<PresenceGuard> = ["a", "b", "c"]
+            .into_iter()
+            .map(|id| presence.clone().connect(&room, c(id)))
+            .collect();
+        let burst: Vec<PresenceChange> = std::iter::from_fn(|| one.try_next()).collect();
+        assert_eq!(burst.iter().map(|c| c.count).collect::<Vec<_>>(), [1, 2, 3]);
+        let encodings = std::sync::atomic::AtomicUsize::new(0);
+        let encode = |change: &PresenceChange| {
+            encodings.fetch_add(1, Ordering::Relaxed);
+            Bytes::from(change.client.to_string())
+        };
+        let first = burst[0].encoded(encode);
+        let again = two.next().await.unwrap().encoded(encode);
+        assert_eq!(first, "a");
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same bytes");
+        assert_eq!(encodings.load(Ordering::Relaxed), 1, "encoded once");
+        drop(members);
     }
 
     #[tokio::test(start_paused = true)]

@@ -90,14 +90,17 @@ pub fn data_lines(data: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// `event: join` / `event: leave`, no id: live only, never in history.
+/// `event: join` / `event: leave`, no id: live only, never in history. Encoded once per change
+/// and shared by every watcher (see [`PresenceChange::encoded`]).
 pub fn presence_frame(change: &PresenceChange) -> Bytes {
-    let kind = match change.kind {
-        ChangeKind::Join => "join",
-        ChangeKind::Leave => "leave",
-    };
-    let json = serde_json::to_string(&PresenceChangeJson(change)).unwrap_or_default();
-    Bytes::from(format!("event: {kind}\ndata: {json}\n\n"))
+    change.encoded(|change| {
+        let kind = match change.kind {
+            ChangeKind::Join => "join",
+            ChangeKind::Leave => "leave",
+        };
+        let json = serde_json::to_string(&PresenceChangeJson(change)).unwrap_or_default();
+        Bytes::from(format!("event: {kind}\ndata: {json}\n\n"))
+    })
 }
 
 /// `event: close`, data the stream's name (a stream name never holds a newline), no id.

@@ -180,7 +180,7 @@ impl SseBody {
                     return Some(come_back_later(retry_window));
                 }
                 () = expiry(&mut self.expires) => {}
-                change = next_change(&mut self.watch) => return Some(presence_frame(&change)),
+                change = next_change(&mut self.watch) => return Some(self.with_ready_changes(&change)),
                 () = &mut self.heartbeat_timer => {
                     let due = self.last_write + self.heartbeat;
                     let now = tokio::time::Instant::now();
@@ -202,35 +202,34 @@ impl SseBody {
     /// The event's frame, followed by every other event that is ready right now, as one
     /// chunk: one write (and one chunked-encoding frame) for a burst instead of one per event.
     fn with_ready_events(&mut self, first: &Event) -> Bytes {
-        let frame = |event: &Event, envelope: bool| {
+        let envelope = self.envelope;
+        let frame = move |event: &Event| {
             if envelope {
                 envelope_frame(event)
             } else {
                 event_frame(event)
             }
         };
-        let mut count = 1;
-        let first = frame(first, self.envelope);
-        let mut batch: Option<BytesMut> = None;
-        while count < COALESCE_EVENTS
-            && batch.as_ref().map_or(first.len(), BytesMut::len) < COALESCE_BYTES
-        {
-            let Some(next) = self.subscription.try_next_event() else {
-                break;
-            };
-            let buf = batch.get_or_insert_with(|| {
-                let mut buf = BytesMut::with_capacity(COALESCE_BYTES);
-                buf.extend_from_slice(&first);
-                buf
-            });
-            buf.extend_from_slice(&frame(&next, self.envelope));
-            count += 1;
-        }
+        let subscription = &mut self.subscription;
+        let (chunk, count) = coalesce(frame(first), || {
+            subscription.try_next_event().map(|e| frame(&e))
+        });
         self.log.delivered += count;
         self.delivered.inc_by(count);
         self.log.lag_recoveries = self.subscription.lag_recoveries();
-        // A lone event goes out as its shared, pre-encoded bytes: no copy.
-        batch.map_or(first, BytesMut::freeze)
+        chunk
+    }
+
+    /// The same for joins and leaves: when a whole room arrives at once, a watcher that was busy
+    /// writes every change it has been told of since in one go.
+    fn with_ready_changes(&mut self, first: &PresenceChange) -> Bytes {
+        let Some(watch) = self.watch.as_mut() else {
+            return presence_frame(first);
+        };
+        coalesce(presence_frame(first), || {
+            watch.try_next().map(|c| presence_frame(&c))
+        })
+        .0
     }
 
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
@@ -250,9 +249,31 @@ fn token_deadline(exp: SystemTime) -> tokio::time::Instant {
     tokio::time::Instant::now() + left + Duration::from_secs(auth::LEEWAY_SECS)
 }
 
-/// Most events, and bytes, put into one write when several are ready at once.
-const COALESCE_EVENTS: u64 = 256;
+/// Most frames, and bytes, put into one write when several are ready at once.
+const COALESCE_FRAMES: u64 = 256;
 const COALESCE_BYTES: usize = 32 * 1024;
+
+/// `first`, followed by the frames `next` has ready, as one chunk (up to the limits above), and
+/// how many frames that is. A lone frame goes out as its shared, pre-encoded bytes: no copy.
+fn coalesce(first: Bytes, mut next: impl FnMut() -> Option<Bytes>) -> (Bytes, u64) {
+    let mut count = 1;
+    let mut batch: Option<BytesMut> = None;
+    while count < COALESCE_FRAMES
+        && batch.as_ref().map_or(first.len(), BytesMut::len) < COALESCE_BYTES
+    {
+        let Some(frame) = next() else {
+            break;
+        };
+        let buf = batch.get_or_insert_with(|| {
+            let mut buf = BytesMut::with_capacity(COALESCE_BYTES);
+            buf.extend_from_slice(&first);
+            buf
+        });
+        buf.extend_from_slice(&frame);
+        count += 1;
+    }
+    (batch.map_or(first, BytesMut::freeze), count)
+}
 
 /// Resolves when the token's timer fires; never, without one.
 async fn expiry(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {

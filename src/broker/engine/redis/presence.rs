@@ -367,12 +367,12 @@ fn change_of(payload: &str) -> Option<PresenceChange> {
         "leave" => ChangeKind::Leave,
         _ => return None,
     };
-    Some(PresenceChange {
+    Some(PresenceChange::new(
         kind,
-        stream: StreamName::new(value.get("s")?.as_str()?).ok()?,
-        client: ClientId::new(value.get("c")?.as_str()?).ok()?,
-        count: value.get("n")?.as_u64()? as usize,
-    })
+        StreamName::new(value.get("s")?.as_str()?).ok()?,
+        ClientId::new(value.get("c")?.as_str()?).ok()?,
+        value.get("n")?.as_u64()? as usize,
+    ))
 }
 
 /// One watcher's changes; dropping it lets go of streams nobody here watches any more.
