@@ -1,14 +1,17 @@
 //! The fences around herald's HTTP/1.1 handling, on both of its writers — herald's own for
-//! plain `GET /sse` and hyper for everything else (or for everything, with `--no-direct-sse`):
-//! RFC 9112's `Host` rule, a write deadline for a peer that takes no bytes, a shutdown that
-//! returns only once every connection got its goodbye, and a differential test that the two
-//! writers answer the same bytes with the same status, headers and body.
+//! `GET /sse` (plain and over TLS) and hyper for everything else (or for everything, with
+//! `--no-direct-sse`): RFC 9112's `Host` rule, a write deadline for a peer that takes no bytes, a
+//! shutdown that returns only once every connection got its goodbye, and a differential test
+//! that the two writers answer the same bytes with the same status, headers and body, in plain
+//! HTTP and over TLS.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -17,15 +20,79 @@ use herald::broker::{Broker, BrokerOptions};
 use herald::http::{listener, Api, HttpOptions};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use tokio_rustls::rustls;
 
-/// Sends `request` on a fresh connection and reads one response: its status line, its
-/// headers (lowercased names, in order) and, when it has a `content-length`, its body.
-fn exchange(address: &str, request: &[u8]) -> Option<Response> {
-    let mut socket = TcpStream::connect(address).expect("connect");
+/// A self-signed certificate for 127.0.0.1 (its PEM files, for herald) and a client that
+/// trusts it.
+struct Tls {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl Tls {
+    fn new() -> Tls {
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Tls {
+            _dir: dir,
+            cert,
+            key,
+            client: Arc::new(client),
+        }
+    }
+
+    /// herald's flags for serving this certificate.
+    fn flags(&self) -> [&str; 4] {
+        [
+            "--tls-cert",
+            self.cert.to_str().unwrap(),
+            "--tls-key",
+            self.key.to_str().unwrap(),
+        ]
+    }
+}
+
+trait Connection: Read + Write + Send {}
+impl<T: Read + Write + Send> Connection for T {}
+
+/// A fresh connection to `address`, over TLS (HTTP/1.1: no ALPN offered) when `tls` is given.
+fn connect(address: &str, tls: Option<&Tls>) -> Box<dyn Connection> {
+    let socket = TcpStream::connect(address).expect("connect");
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    if socket.write_all(request).is_err() {
+    match tls {
+        None => Box::new(socket),
+        Some(tls) => {
+            let name = "127.0.0.1".try_into().unwrap();
+            let session = rustls::ClientConnection::new(tls.client.clone(), name).unwrap();
+            Box::new(rustls::StreamOwned::new(session, socket))
+        }
+    }
+}
+
+/// Sends `request` on a fresh connection and reads one response: its status line, its
+/// headers (lowercased names, in order) and, when it has a `content-length`, its body.
+fn exchange(address: &str, tls: Option<&Tls>, request: &[u8]) -> Option<Response> {
+    let mut socket = connect(address, tls);
+    if socket
+        .write_all(request)
+        .and_then(|()| socket.flush())
+        .is_err()
+    {
         return None;
     }
     let mut got = Vec::new();
@@ -104,13 +171,31 @@ impl Response {
 }
 
 fn address(server: &Server) -> String {
-    server.url.strip_prefix("http://").unwrap().to_string()
+    let url = &server.url;
+    let address = url.strip_prefix("https://").or(url.strip_prefix("http://"));
+    address.unwrap().to_string()
+}
+
+/// herald's flags: over TLS when `tls` is given, through hyper alone unless `direct`.
+fn flags(tls: Option<&Tls>, direct: bool) -> Vec<&str> {
+    let mut flags: Vec<&str> = tls.map_or(Vec::new(), |tls| tls.flags().to_vec());
+    if !direct {
+        flags.push("--no-direct-sse");
+    }
+    flags
 }
 
 #[test]
 fn an_http11_request_without_one_host_is_a_400_on_both_writers() {
-    for flags in [&[][..], &["--no-direct-sse"][..]] {
-        let server = Server::start(flags);
+    let tls = Tls::new();
+    for (secure, direct) in [
+        (None, true),
+        (None, false),
+        (Some(&tls), true),
+        (Some(&tls), false),
+    ] {
+        let flags = flags(secure, direct);
+        let server = Server::start(&flags);
         let address = address(&server);
         let refused: [&[u8]; 5] = [
             b"GET /sse?stream=a HTTP/1.1\r\n\r\n",
@@ -120,7 +205,7 @@ fn an_http11_request_without_one_host_is_a_400_on_both_writers() {
             b"POST /streams/a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
         ];
         for request in refused {
-            let answer = exchange(&address, request).expect("an answer");
+            let answer = exchange(&address, secure, request).expect("an answer");
             let shown = String::from_utf8_lossy(request);
             assert_eq!(
                 answer.status, "HTTP/1.1 400 Bad Request",
@@ -135,24 +220,33 @@ fn an_http11_request_without_one_host_is_a_400_on_both_writers() {
             );
         }
         // HTTP/1.0 has no such rule; one Host is the normal case.
-        let old = exchange(&address, b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+        let old = exchange(&address, secure, b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
         assert_eq!(old.status, "HTTP/1.0 200 OK");
-        let normal = exchange(&address, b"GET /streams/a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let normal = exchange(
+            &address,
+            secure,
+            b"GET /streams/a HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(normal.status, "HTTP/1.1 200 OK");
         let stored: serde_json::Value = serde_json::from_str(&normal.body).unwrap();
         assert_eq!(stored["length"], 0, "the refused publish stored nothing");
     }
 }
 
-/// herald's own server, in-process, without `TCP_USER_TIMEOUT` on its socket: what ends a
-/// stalled connection here is herald's write deadline alone.
-async fn in_process(options: HttpOptions) -> (Broker, String, herald::http::ShutdownSignal, Stop) {
+/// herald's own server, in-process (over TLS when `tls` is given), without `TCP_USER_TIMEOUT`
+/// on its socket: what ends a stalled connection here is herald's write deadline alone.
+async fn in_process(
+    options: HttpOptions,
+    tls: Option<&Tls>,
+) -> (Broker, String, herald::http::ShutdownSignal, Stop) {
     let broker = Broker::open(BrokerOptions::default()).unwrap();
     let (api, shutdown) = Api::new(broker.clone(), options);
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = socket.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(listener::serve(socket, api, None, async {
+    let acceptor = tls.map(|tls| herald::http::tls::acceptor(&tls.cert, &tls.key).unwrap().0);
+    let served = tokio::spawn(listener::serve(socket, api, acceptor, async {
         let _ = stopped.await;
     }));
     (broker, address, shutdown, Stop { stop, served })
@@ -163,16 +257,14 @@ struct Stop {
     served: tokio::task::JoinHandle<()>,
 }
 
-fn subscribe_raw(address: &str, stream: &str) -> TcpStream {
-    let mut socket = TcpStream::connect(address).unwrap();
+fn subscribe_raw(address: &str, tls: Option<&Tls>, stream: &str) -> Box<dyn Connection> {
+    let mut socket = connect(address, tls);
     write!(
         socket,
         "GET /sse?stream={stream} HTTP/1.1\r\nHost: {address}\r\n\r\n"
     )
     .unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    socket.flush().unwrap();
     let mut head = [0u8; 256];
     let n = socket.read(&mut head).unwrap();
     assert!(head[..n].starts_with(b"HTTP/1.1 200"), "subscribed");
@@ -181,35 +273,35 @@ fn subscribe_raw(address: &str, stream: &str) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_takes_no_bytes_is_dropped_after_the_peer_timeout() {
-    for direct_sse in [true, false] {
-        let (broker, address, shutdown, stop) = in_process(HttpOptions {
-            peer_timeout: Some(Duration::from_secs(1)),
-            direct_sse,
-            ..HttpOptions::default()
-        })
+    let tls = Tls::new();
+    for (secure, direct_sse) in [
+        (None, true),
+        (None, false),
+        (Some(&tls), true),
+        (Some(&tls), false),
+    ] {
+        let (broker, address, shutdown, stop) = in_process(
+            HttpOptions {
+                peer_timeout: Some(Duration::from_secs(1)),
+                direct_sse,
+                ..HttpOptions::default()
+            },
+            secure,
+        )
         .await;
-        let stalled = subscribe_raw(&address, "flood");
+        let stalled = subscribe_raw(&address, secure, "flood");
         flood(&broker).await;
         let stuck = std::time::Instant::now();
-        let client = reqwest::Client::new();
+        let stream = StreamName::new("flood").unwrap();
         eventually(
             "the stalled subscriber is dropped",
             Duration::from_secs(20),
-            || async {
-                let info: serde_json::Value = client
-                    .get(format!("http://{address}/streams/flood"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                info["subscribers"] == 0
-            },
+            || async { broker.stream_info(&stream).await.unwrap().subscribers == 0 },
         )
         .await;
         eprintln!(
-            "direct_sse={direct_sse}: dropped {:?} after the flood was published",
+            "tls={} direct_sse={direct_sse}: dropped {:?} after the flood was published",
+            secure.is_some(),
             stuck.elapsed()
         );
         // The connection is gone from herald's side: reading what is buffered ends in EOF or
@@ -248,9 +340,8 @@ async fn flood(broker: &Broker) {
     }
 }
 
-/// Reads everything until the server closes the connection.
-fn read_to_end(socket: &mut TcpStream) -> String {
-    socket.set_nonblocking(false).unwrap();
+/// Reads everything until the server closes the connection (within the read timeout).
+fn read_to_end(socket: &mut Box<dyn Connection>) -> String {
     let mut got = Vec::new();
     let _ = socket.read_to_end(&mut got);
     String::from_utf8_lossy(&got).into_owned()
@@ -258,16 +349,26 @@ fn read_to_end(socket: &mut TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_returns_only_after_every_subscriber_got_its_goodbye() {
-    let (broker, address, shutdown, stop) = in_process(HttpOptions {
-        peer_timeout: Some(Duration::from_secs(60)),
-        ..HttpOptions::default()
-    })
+    let tls = Tls::new();
+    for secure in [None, Some(&tls)] {
+        serve_waits_for_every_goodbye(secure).await;
+    }
+}
+
+async fn serve_waits_for_every_goodbye(tls: Option<&Tls>) {
+    let (broker, address, shutdown, stop) = in_process(
+        HttpOptions {
+            peer_timeout: Some(Duration::from_secs(60)),
+            ..HttpOptions::default()
+        },
+        tls,
+    )
     .await;
-    let mut subscribers: Vec<TcpStream> = (0..20)
-        .map(|i| subscribe_raw(&address, &format!("s{}", i % 5)))
+    let mut subscribers: Vec<Box<dyn Connection>> = (0..20)
+        .map(|i| subscribe_raw(&address, tls, &format!("s{}", i % 5)))
         .collect();
     // One subscriber is not reading: its goodbye can go out only once it reads again.
-    let mut stalled = subscribe_raw(&address, "flood");
+    let mut stalled = subscribe_raw(&address, tls, "flood");
     flood(&broker).await;
     shutdown.trigger();
     let _ = stop.stop.send(());
@@ -297,6 +398,24 @@ async fn serve_returns_only_after_every_subscriber_got_its_goodbye() {
             "subscriber {i} got its goodbye and the end of its response: {text:?}"
         );
     }
+}
+
+/// Publishes one event to `stream`, over the server's own scheme.
+fn publish_to(server: &Server, tls: Option<&Tls>, stream: &str) {
+    let request = format!(
+        "POST /streams/{stream} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\none"
+    );
+    let answer = exchange(&address(server), tls, request.as_bytes()).unwrap();
+    assert_eq!(answer.status, "HTTP/1.1 201 Created", "{answer:?}");
+}
+
+/// Seals `stream`, over the server's own scheme.
+fn seal_over(server: &Server, tls: Option<&Tls>, stream: &str) {
+    let request = format!(
+        "POST /streams/{stream}/close HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let answer = exchange(&address(server), tls, request.as_bytes()).unwrap();
+    assert_eq!(answer.status, "HTTP/1.1 200 OK", "{answer:?}");
 }
 
 /// One request, described so that proptest can generate and shrink it.
@@ -426,14 +545,27 @@ fn requests() -> impl Strategy<Value = Request> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_direct_writer_and_hyper_answer_the_same_bytes_alike() {
-    let direct = Server::start(&["--idle-timeout", "2"]);
-    let hyper = Server::start(&["--idle-timeout", "2", "--no-direct-sse"]);
+    let tls = Arc::new(Tls::new());
+    for secure in [None, Some(tls)] {
+        answered_alike(secure).await;
+    }
+}
+
+async fn answered_alike(tls: Option<Arc<Tls>>) {
+    let start = |direct: bool| {
+        let mut flags = flags(tls.as_deref(), direct);
+        flags.extend(["--idle-timeout", "2"]);
+        Server::start(&flags)
+    };
+    let (direct, hyper) = (start(true), start(false));
     for server in [&direct, &hyper] {
-        publish(server, "s", "one").await;
-        assert_eq!(seal(server, "done").await.0, 200);
+        publish_to(server, tls.as_deref(), "s");
+        seal_over(server, tls.as_deref(), "done");
     }
     let (direct, hyper) = (address(&direct), address(&hyper));
+    let secure = tls.is_some();
     let both = tokio::task::spawn_blocking(move || {
+        let tls = tls.as_deref();
         // A fixed seed: the same 400 requests on every run, so a difference found once is
         // found again (change the seed to explore further).
         let mut runner = TestRunner::new_with_rng(
@@ -447,7 +579,10 @@ async fn the_direct_writer_and_hyper_answer_the_same_bytes_alike() {
         let statuses = std::cell::RefCell::new(BTreeMap::<String, usize>::new());
         let result = runner.run(&requests(), |request| {
             let bytes = request.bytes();
-            let (a, b) = (exchange(&direct, &bytes), exchange(&hyper, &bytes));
+            let (a, b) = (
+                exchange(&direct, tls, &bytes),
+                exchange(&hyper, tls, &bytes),
+            );
             let given = request.gives_request_id();
             let same = match (&a, &b) {
                 (Some(a), Some(b)) => {
@@ -475,7 +610,7 @@ async fn the_direct_writer_and_hyper_answer_the_same_bytes_alike() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    eprintln!("answered alike by both writers: {statuses:?}");
+    eprintln!("answered alike by both writers (tls: {secure}): {statuses:?}");
     // The generated requests reach the direct writer's answers, not only hyper's refusals.
     let count = |status: &str| statuses.get(status).copied().unwrap_or(0);
     assert!(count("HTTP/1.1 200 OK") >= 40 && count("HTTP/1.1 204 No Content") >= 3);

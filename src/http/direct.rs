@@ -1,15 +1,16 @@
-//! Plain HTTP/1.1 connections whose request is `GET /sse`, served without hyper.
+//! HTTP/1.1 connections whose request is `GET /sse`, served without hyper: plain TCP, and TLS
+//! connections that did not choose HTTP/2.
 //!
 //! An SSE connection spends its life idle or writing small frames, and hyper gives every HTTP/1
 //! connection an 8 KiB read buffer and an 8 KiB write buffer (fixed sizes, no knob) plus its
 //! dispatcher's work per frame (a body poll, a chunk-size line formatted with `fmt`, a copy into
-//! the write buffer for small frames). So the listener reads each plain connection's first request
-//! head here: `GET /sse` is routed through the same warp routes as everything else (auth, CORS,
-//! caps, request id — the response is warp's), and its response is written here, each frame
-//! as one `writev` of a chunk-size line, the shared frame bytes and CRLF; a 64-byte read notices
-//! the peer closing. Anything else — another path or method, a body, `Expect`, HTTP/1.0, a head
-//! that does not parse or is too large — is handed to hyper with the bytes already read, so
-//! hyper answers it exactly as it would have.
+//! the write buffer for small frames). So the listener reads each HTTP/1 connection's first
+//! request head here: `GET /sse` is routed through the same warp routes as everything else (auth,
+//! CORS, caps, request id — the response is warp's), and its response is written here, each frame
+//! as one `writev` (over TLS: one record) of a chunk-size line, the shared frame bytes and CRLF; a
+//! 64-byte read notices the peer closing. Anything else — another path or method, a body,
+//! `Expect`, HTTP/1.0, a head that does not parse or is too large — is handed to hyper with the
+//! bytes already read, so hyper answers it exactly as it would have.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use warp::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
@@ -37,8 +39,8 @@ const FIRST_READ: usize = 1024;
 
 /// Serves `GET /sse` requests on `socket` until the connection ends or carries something else.
 /// `answer` runs a request through the routes (the listener's per-request work).
-pub(super) async fn serve<A, F, RB>(
-    socket: &mut TcpStream,
+pub(super) async fn serve<C, A, F, RB>(
+    socket: &mut C,
     idle_timeout: Duration,
     peer_timeout: Option<Duration>,
     max_head_bytes: usize,
@@ -46,6 +48,7 @@ pub(super) async fn serve<A, F, RB>(
     answer: A,
 ) -> io::Result<Served>
 where
+    C: Conn,
     A: Fn(Request<Empty<Bytes>>) -> F,
     F: Future<Output = Response<RB>>,
     RB: http_body::Body<Data = Bytes> + Unpin,
@@ -56,7 +59,7 @@ where
         let head = tokio::select! {
             biased;
             () = stop_signal(&mut stopping) => return Ok(Served::Closed),
-            head = tokio::time::timeout(idle_timeout, read_head(socket, &mut buffer, max_head_bytes)) => head,
+            head = tokio::time::timeout(idle_timeout, read_head(&mut *socket, &mut buffer, max_head_bytes)) => head,
         };
         let (request, keep_alive) = match head {
             // hyper closes a connection that sends no head in time without an answer; so does this.
@@ -118,8 +121,7 @@ enum Head {
 }
 
 /// Reads until `buffer` holds a whole request head (or is known not to be one served here).
-/// Nothing is allocated until the peer has sent something.
-async fn read_head(socket: &TcpStream, buffer: &mut BytesMut, max: usize) -> io::Result<Head> {
+async fn read_head(socket: &mut impl Conn, buffer: &mut BytesMut, max: usize) -> io::Result<Head> {
     loop {
         if !buffer.is_empty() {
             match parse_head(buffer, max) {
@@ -128,16 +130,122 @@ async fn read_head(socket: &TcpStream, buffer: &mut BytesMut, max: usize) -> io:
                 head => return Ok(head),
             }
         }
-        socket.readable().await?;
+        let grow = buffer.len().clamp(FIRST_READ, max + 1);
+        if socket.read_more(buffer, grow).await? == 0 {
+            return Ok(Head::Closed);
+        }
+    }
+}
+
+/// What the direct path needs of a connection. Plain TCP is driven by its readiness, so an idle
+/// connection holds no buffer and a write is one `writev` straight from the frame's shared bytes;
+/// TLS goes through rustls (whose socket below carries the write deadline, see
+/// [`Deadline`](super::deadline::Deadline)).
+pub(super) trait Conn: Send {
+    /// Waits for bytes and appends what has arrived to `buffer`, first growing it by `grow` if
+    /// it is full. `Ok(0)`: the peer closed.
+    fn read_more(
+        &mut self,
+        buffer: &mut BytesMut,
+        grow: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Waits for a few bytes into `probe`. `Ok(0)`: the peer closed.
+    fn probe(&mut self, probe: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Writes every byte of `slices` out to the peer, failing once it has taken none for
+    /// `deadline`.
+    fn write_all(
+        &mut self,
+        slices: &mut [IoSlice<'_>],
+        deadline: Option<Duration>,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Conn for TcpStream {
+    /// Nothing is allocated until the peer has sent something.
+    async fn read_more(&mut self, buffer: &mut BytesMut, grow: usize) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            if buffer.capacity() == buffer.len() {
+                buffer.reserve(grow);
+            }
+            match self.try_read_buf(buffer) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                read => return read,
+            }
+        }
+    }
+
+    async fn probe(&mut self, probe: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            match self.try_read(probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                read => return read,
+            }
+        }
+    }
+
+    /// In as few `writev`s as the socket allows. Only a write the socket cannot take at once
+    /// starts the clock, so a keeping-up subscriber costs no timer.
+    async fn write_all(
+        &mut self,
+        mut slices: &mut [IoSlice<'_>],
+        deadline: Option<Duration>,
+    ) -> io::Result<()> {
+        IoSlice::advance_slices(&mut slices, 0);
+        while !slices.is_empty() {
+            let written = match self.try_write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match deadline {
+                        None => self.writable().await?,
+                        Some(limit) => tokio::time::timeout(limit, self.writable())
+                            .await
+                            .map_err(|_| super::deadline::stalled(limit))??,
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            IoSlice::advance_slices(&mut slices, written);
+        }
+        Ok(())
+    }
+}
+
+impl<S> Conn for tokio_rustls::server::TlsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn read_more(&mut self, buffer: &mut BytesMut, grow: usize) -> io::Result<usize> {
         if buffer.capacity() == buffer.len() {
-            buffer.reserve(buffer.len().clamp(FIRST_READ, max + 1));
+            buffer.reserve(grow);
         }
-        match socket.try_read_buf(buffer) {
-            Ok(0) => return Ok(Head::Closed),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        self.read_buf(buffer).await
+    }
+
+    async fn probe(&mut self, probe: &mut [u8]) -> io::Result<usize> {
+        self.read(probe).await
+    }
+
+    /// Each call to rustls seals what it is given into one record; the flush sends it. The
+    /// deadline is the socket's own, below rustls.
+    async fn write_all(
+        &mut self,
+        mut slices: &mut [IoSlice<'_>],
+        _deadline: Option<Duration>,
+    ) -> io::Result<()> {
+        IoSlice::advance_slices(&mut slices, 0);
+        while !slices.is_empty() {
+            match self.write_vectored(slices).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                written => IoSlice::advance_slices(&mut slices, written),
+            }
         }
+        self.flush().await
     }
 }
 
@@ -203,14 +311,15 @@ fn has_token(value: &[u8], token: &str) -> bool {
 /// Writes `response` (head, then its body as it comes), while noticing the peer closing.
 /// Returns whether the connection may carry another request. Bytes the peer sends meanwhile
 /// (a pipelined request) are kept in `pending`.
-async fn write_response<RB>(
-    mut socket: Writer<'_>,
+async fn write_response<C, RB>(
+    mut socket: Writer<'_, C>,
     response: Response<RB>,
     keep_alive: bool,
     pending: &mut BytesMut,
     max_head_bytes: usize,
 ) -> io::Result<bool>
 where
+    C: Conn,
     RB: http_body::Body<Data = Bytes> + Unpin,
     RB::Error: std::fmt::Display,
 {
@@ -271,7 +380,7 @@ where
         let frame = tokio::select! {
             biased;
             frame = body.frame() => frame,
-            () = peer_gone(socket.socket, pending, max_head_bytes) => return Ok(false),
+            () = peer_gone(&mut *socket.socket, pending, max_head_bytes) => return Ok(false),
         };
         let data = match frame {
             None => break,
@@ -326,62 +435,32 @@ fn chunk_size_line(mut len: usize, out: &mut [u8; 18]) -> &[u8] {
     }
 }
 
-/// The socket a response is written to, and how long one write may wait for the peer.
-struct Writer<'a> {
-    socket: &'a mut TcpStream,
+/// The connection a response is written to, and how long one write may wait for the peer.
+struct Writer<'a, C> {
+    socket: &'a mut C,
     /// `--peer-timeout`: a peer that takes no byte for this long is gone (`None`: wait).
     deadline: Option<Duration>,
 }
 
-impl Writer<'_> {
-    /// Writes every byte of `slices`, in as few `writev`s as the socket allows. Only a write
-    /// the socket cannot take at once starts the clock, so a keeping-up subscriber costs no
-    /// timer.
-    async fn write_all(&mut self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-        IoSlice::advance_slices(&mut slices, 0);
-        while !slices.is_empty() {
-            let written = match self.socket.try_write_vectored(slices) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => written,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.writable().await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            IoSlice::advance_slices(&mut slices, written);
-        }
-        Ok(())
-    }
-
-    async fn writable(&self) -> io::Result<()> {
-        match self.deadline {
-            None => self.socket.writable().await,
-            Some(limit) => tokio::time::timeout(limit, self.socket.writable())
-                .await
-                .map_err(|_| super::deadline::stalled(limit))?,
-        }
+impl<C: Conn> Writer<'_, C> {
+    async fn write_all(&mut self, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        self.socket.write_all(slices, self.deadline).await
     }
 }
 
 /// Resolves when the peer has closed (or reset) the connection, or has sent more than a request
 /// head's worth while its response runs. What it sends is kept for the next request.
-async fn peer_gone(socket: &TcpStream, pending: &mut BytesMut, max: usize) {
+async fn peer_gone(socket: &mut impl Conn, pending: &mut BytesMut, max: usize) {
     let mut probe = [0u8; 64];
     loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        match socket.try_read(&mut probe) {
-            Ok(0) => return,
+        match socket.probe(&mut probe).await {
+            Ok(0) | Err(_) => return,
             Ok(n) => {
                 pending.extend_from_slice(&probe[..n]);
                 if pending.len() > max {
                     return;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
         }
     }
 }

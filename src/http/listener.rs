@@ -1,5 +1,5 @@
 //! herald's own accept loop: each TCP connection is served with the routes of
-//! [`routes`](super::routes) — a plain connection's `GET /sse` by herald's own writer
+//! [`routes`](super::routes) — an HTTP/1.1 connection's `GET /sse` (plain or TLS) by herald's own writer
 //! ([`direct`](super::direct): far less memory and work per idle or busy subscriber), everything
 //! else by hyper.
 //!
@@ -27,7 +27,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -100,30 +100,10 @@ pub async fn serve(
             let ended = match tls {
                 None => {
                     let mut socket = socket;
-                    let read = if options.direct_sse {
-                        let served = direct::serve(
-                            &mut socket,
-                            options.idle_timeout,
-                            options.peer_timeout,
-                            options.max_header_bytes,
-                            stopping,
-                            |request| async {
-                                answer(&*service, Some(peer), request)
-                                    .await
-                                    .unwrap_or_else(|never| match never {})
-                            },
-                        )
-                        .await;
-                        match served {
-                            Ok(direct::Served::HandOver(read)) => read,
-                            Ok(direct::Served::Closed) => return,
-                            Err(e) => {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                                return;
-                            }
-                        }
-                    } else {
-                        bytes::Bytes::new()
+                    let Some(read) =
+                        serve_direct(&mut socket, &options, stopping, &*service, peer).await
+                    else {
+                        return;
                     };
                     // hyper reads the bytes already read first, then the socket.
                     let (reader, writer) = socket.into_split();
@@ -139,8 +119,12 @@ pub async fn serve(
                 // that a plain connection's task should not reserve.
                 Some(acceptor) => match Box::pin(async move {
                     let socket = Deadline::new(socket, options.peer_timeout);
-                    let handshake =
-                        tokio::time::timeout(options.idle_timeout, acceptor.accept(socket));
+                    // Boxed: its state is gone once the handshake is, and must not take room
+                    // in the task for the connection's life.
+                    let handshake = Box::pin(tokio::time::timeout(
+                        options.idle_timeout,
+                        acceptor.accept(socket),
+                    ));
                     let mut stopping = stopping;
                     let stream = tokio::select! {
                         handshake = handshake => match handshake {
@@ -158,11 +142,17 @@ pub async fn serve(
                         () = direct::stop_signal(&mut stopping) => return None,
                     };
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                    let io = TokioIo::new(stream);
+                    // rustls's state (~1.2 KiB) on the heap once, not in several of the task's
+                    // slots as it moves from one owner to the next.
+                    let mut stream = Box::new(stream);
+                    // Each kind of connection is boxed on its own, so an HTTP/1.1 subscriber's
+                    // task holds no room for HTTP/2's state (the whole was ~5.9 KiB).
                     Some(if h2 {
+                        Box::pin(async move {
                         // Held, not watched: this task closes the connection itself (on
                         // shutdown or when idle), and `serve` waits for it all the same.
                         let _watcher = watcher;
+                        let io = TokioIo::new(stream);
                         let streams = h2::Streams::new();
                         let per_request = {
                             let streams = streams.clone();
@@ -195,9 +185,30 @@ pub async fn serve(
                                 }
                             }
                         }
+                        })
+                        .await
                     } else {
-                        let connection = http1_builder(&options).serve_connection(io, per_request);
-                        watcher.watch(connection).await
+                        // HTTP/1.1 over TLS: `GET /sse` is served directly too (no hyper
+                        // buffers for an SSE connection's life); the rest goes to hyper.
+                        let Some(read) = Box::pin(serve_direct(
+                            &mut *stream,
+                            &options,
+                            stopping,
+                            &*service,
+                            peer,
+                        ))
+                        .await
+                        else {
+                            // The TLS goodbye (close_notify), as hyper's connections end.
+                            let _ =
+                                tokio::time::timeout(CLOSE_NOTIFY_WAIT, stream.shutdown()).await;
+                            return None;
+                        };
+                        let (reader, writer) = tokio::io::split(stream);
+                        let io = tokio::io::join(std::io::Cursor::new(read).chain(reader), writer);
+                        let connection =
+                            http1_builder(&options).serve_connection(TokioIo::new(io), per_request);
+                        Box::pin(watcher.watch(connection)).await
                     })
                 })
                 .await
@@ -214,6 +225,57 @@ pub async fn serve(
     drop(listener);
     closing.send_replace(true);
     graceful.shutdown().await;
+}
+
+/// How long a TLS connection the direct writer has finished may take to accept its
+/// close_notify.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves `conn`'s `GET /sse` requests with the direct writer (when it is on) until one carries
+/// something else: the bytes read so far, for hyper to start from, or `None` once the
+/// connection is over.
+async fn serve_direct<C, S, RB>(
+    conn: &mut C,
+    options: &HttpOptions,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    service: &S,
+    peer: SocketAddr,
+) -> Option<bytes::Bytes>
+where
+    C: direct::Conn,
+    S: Service<
+            hyper::Request<http_body_util::Empty<bytes::Bytes>>,
+            Response = hyper::Response<RB>,
+            Error = Infallible,
+        > + Clone,
+    S::Future: Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Unpin + 'static,
+    RB::Error: std::fmt::Display,
+{
+    if !options.direct_sse {
+        return Some(bytes::Bytes::new());
+    }
+    let served = direct::serve(
+        conn,
+        options.idle_timeout,
+        options.peer_timeout,
+        options.max_header_bytes,
+        stopping,
+        |request| async {
+            answer(service, Some(peer), request)
+                .await
+                .unwrap_or_else(|never| match never {})
+        },
+    )
+    .await;
+    match served {
+        Ok(direct::Served::HandOver(read)) => Some(read),
+        Ok(direct::Served::Closed) => None,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            None
+        }
+    }
 }
 
 /// Runs one request through the routes, with what every request gets: the peer's address, a
