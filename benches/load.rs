@@ -65,6 +65,14 @@ enum Mode {
         /// --url). The publisher always posts to --url: several nodes over one Redis.
         #[arg(long)]
         subscribe_at: Vec<String>,
+        /// With an `https://` url: the PEM certificate to trust. Subscribers then speak HTTP/2
+        /// (ALPN), `--per-connection` of them sharing each connection, unless `--http1`.
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        #[arg(long)]
+        http1: bool,
+        #[arg(long, default_value_t = 1)]
+        per_connection: usize,
     },
     /// S idle SSE streams over HTTP/2 (TLS), `--streams-per-connection` of them sharing each
     /// connection as a browser's `EventSource`s do: server RSS per stream, then one event
@@ -267,6 +275,31 @@ async fn publish_mode(target: Target, url: String, connections: usize, seconds: 
 struct Nodes {
     server_pids: Vec<u32>,
     subscribe_at: Vec<String>,
+    clients: Clients,
+}
+
+/// How a latency run's HTTP clients speak: which certificate they trust, HTTP/1.1 only or
+/// HTTP/2 when offered, and how many subscribers share one client (so one HTTP/2 connection).
+struct Clients {
+    ca: Option<std::path::PathBuf>,
+    http1: bool,
+    per_connection: usize,
+}
+
+impl Clients {
+    fn client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca).expect("read --ca");
+            builder = builder.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem).expect("a PEM certificate"),
+            );
+        }
+        if self.http1 {
+            builder = builder.http1_only();
+        }
+        builder.build().expect("client")
+    }
 }
 
 async fn latency_mode(
@@ -281,6 +314,7 @@ async fn latency_mode(
     let Nodes {
         server_pids,
         subscribe_at,
+        clients,
     } = nodes;
     let stream = format!("lat{}", micros_now() % 1_000_000);
     let mut readers = Vec::new();
@@ -289,8 +323,12 @@ async fn latency_mode(
     } else {
         subscribe_at
     };
+    let mut shared = clients.client();
     for i in 0..subscribers {
-        let response = reqwest::Client::new()
+        if i > 0 && i % clients.per_connection.max(1) == 0 {
+            shared = clients.client();
+        }
+        let response = shared
             .get(subscribe_url(target, &bases[i % bases.len()], &stream))
             .header("Accept", "text/event-stream")
             .send()
@@ -317,7 +355,7 @@ async fn latency_mode(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu_before: Vec<Option<f64>> = server_pids.iter().map(|p| cpu_ms(*p)).collect();
-    let client = reqwest::Client::new();
+    let client = clients.client();
     let publish = publish_url(target, &url, &stream);
     let padding = "x".repeat(size.saturating_sub(21));
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
@@ -1073,6 +1111,9 @@ fn main() {
                 size,
                 server_pid,
                 subscribe_at,
+                ca,
+                http1,
+                per_connection,
             } => {
                 latency_mode(
                     target,
@@ -1084,6 +1125,11 @@ fn main() {
                     Nodes {
                         server_pids: server_pid,
                         subscribe_at,
+                        clients: Clients {
+                            ca,
+                            http1,
+                            per_connection,
+                        },
                     },
                 )
                 .await
