@@ -137,6 +137,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    /// Nothing to keep: a memory store has no write-ahead log.
+    fn checkpoint(&self, _wal_position: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn read(
         &self,
         stream: &StreamName,

@@ -11,6 +11,7 @@ mod schedule;
 mod sled;
 pub mod store;
 mod tail;
+mod wal;
 mod writer;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use tokio::sync::oneshot;
 
 pub use self::store::{MemoryStore, SledStore, Store, StoreError};
 use self::tail::{Positions, TailHub};
+use self::wal::Wal;
 pub use self::writer::Durability;
 use self::writer::{Command, Inbox, Writer};
 use super::{
@@ -59,6 +61,34 @@ pub struct LocalOptions {
 /// The idempotency window unless told otherwise: the contract asks for at least 10 minutes.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
 
+/// Opens the write-ahead log beside sled and stores again what sled lacks of it (from the last
+/// checkpoint on); then checkpoints, so the replay is not needed again.
+fn replay_into(sled: &SledStore, dir: &std::path::Path) -> Result<Wal, StoreError> {
+    let started = std::time::Instant::now();
+    let from = sled.wal_floor()?;
+    let (mut records, mut events) = (0u64, 0usize);
+    let wal = Wal::open(&dir.join(wal::WAL_DIR), from, |_, payload| {
+        let group = wal::Group::decode(payload)?;
+        records += 1;
+        events += sled.replay(group).map_err(std::io::Error::other)?;
+        Ok(())
+    })
+    .map_err(|source| StoreError::Io {
+        what: format!("reading the write-ahead log in {}", dir.display()),
+        source,
+    })?;
+    if records > 0 {
+        sled.checkpoint(wal.end())?;
+        tracing::info!(
+            records,
+            events,
+            ms = started.elapsed().as_millis() as u64,
+            "write-ahead log replayed"
+        );
+    }
+    Ok(wal)
+}
+
 pub struct LocalEngine {
     store: Arc<dyn Store>,
     inbox: Inbox,
@@ -73,12 +103,13 @@ impl LocalEngine {
     /// Opens the store and starts the writer thread. Start-up reads only the per-stream
     /// counters, never the events, so it is fast whatever the log's size.
     pub fn open(options: LocalOptions) -> Result<LocalEngine, EngineError> {
-        let store: Arc<dyn Store> = match &options.storage {
-            Storage::Memory => Arc::new(MemoryStore::new()),
-            // Never sled's own background flusher: with `--flush-interval` the writer syncs on
-            // its schedule (see `Writer::run`), so the window a crash can lose is bounded.
+        let (store, wal): (Arc<dyn Store>, Option<Wal>) = match &options.storage {
+            Storage::Memory => (Arc::new(MemoryStore::new()), None),
+            // Never sled's own background flusher: the writer flushes it at checkpoints.
             Storage::Disk { dir, cache_bytes } => {
-                Arc::new(SledStore::open(dir, *cache_bytes).map_err(EngineError::store)?)
+                let sled = SledStore::open(dir, *cache_bytes).map_err(EngineError::store)?;
+                let wal = replay_into(&sled, dir).map_err(EngineError::store)?;
+                (Arc::new(sled), Some(wal))
             }
         };
         let head = Position::of_event(store.last_id());
@@ -99,6 +130,7 @@ impl LocalEngine {
             sync_seconds: sync_seconds.clone(),
             idempotency_window: options.idempotency_window,
             schedule: Default::default(),
+            wal,
         };
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())
@@ -314,6 +346,95 @@ mod tests {
             trim_every: TRIM_EVERY,
         })
         .await;
+    }
+
+    /// What a durable `201` rests on: the write-ahead log alone brings back every event, with
+    /// its id, stream, type and data, and every key's answer, into a store that has none of them
+    /// (as when sled had flushed nothing before a crash); and ids go on from there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_write_ahead_log_alone_brings_every_event_back() {
+        let disk = |dir: &std::path::Path| {
+            options(Storage::Disk {
+                dir: dir.join("data"),
+                cache_bytes: 16 << 20,
+            })
+        };
+        let event = |stream: &str, kind: Option<&str>, data: &str| NewEvent {
+            stream: StreamName::new(stream).unwrap(),
+            kind: kind.map(|k| crate::broker::event::EventType::new(k).unwrap()),
+            data: data.into(),
+        };
+        let key = || Some(IdempotencyKey::new("the-key").unwrap());
+        let first = tempfile::tempdir().unwrap();
+        let engine = LocalEngine::open(disk(first.path())).unwrap();
+        engine
+            .append(vec![event("a", None, "one"), event("b", None, "two")], None)
+            .await
+            .unwrap();
+        let keyed = engine
+            .append(vec![event("a", Some("note"), "three\nlines")], key())
+            .await
+            .unwrap()
+            .receipts();
+        engine
+            .append(vec![event("b", None, "four")], None)
+            .await
+            .unwrap();
+        let read = |engine: &LocalEngine, stream: &str| -> Vec<(u64, Option<String>, String)> {
+            let stream = StreamName::new(stream).unwrap();
+            engine
+                .store
+                .read(&stream, EventId::ZERO, EventId(u64::MAX), 100)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.id.0, e.kind.map(|k| k.as_str().to_owned()), e.data))
+                .collect()
+        };
+        let before = (read(&engine, "a"), read(&engine, "b"));
+        engine.close().await;
+
+        // A new store beside a copy of the log: sled's files are not there at all.
+        let second = tempfile::tempdir().unwrap();
+        let wal = second.path().join("data").join(wal::WAL_DIR);
+        std::fs::create_dir_all(&wal).unwrap();
+        for entry in std::fs::read_dir(first.path().join("data").join(wal::WAL_DIR)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), wal.join(entry.file_name())).unwrap();
+        }
+        let engine = LocalEngine::open(disk(second.path())).unwrap();
+        assert_eq!((read(&engine, "a"), read(&engine, "b")), before);
+        assert_eq!(before.0.len() + before.1.len(), 4);
+        let again = engine
+            .append(vec![event("a", Some("note"), "three\nlines")], key())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&again, Appended::Repeated(r) if *r == keyed),
+            "the key's answer came back"
+        );
+        let next = engine
+            .append(vec![event("c", None, "five")], None)
+            .await
+            .unwrap();
+        assert!(
+            next.receipts()[0].id.0 > 4,
+            "ids go on after the replayed ones"
+        );
+        engine.close().await;
+        drop((engine, again, next));
+        // Opened again, cleanly: nothing is replayed twice. (A closed store lets go of its lock
+        // a moment after its last handle is dropped.)
+        let mut reopened = LocalEngine::open(disk(second.path()));
+        for _ in 0..200 {
+            if !matches!(&reopened, Err(e) if e.to_string().contains("in use")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            reopened = LocalEngine::open(disk(second.path()));
+        }
+        let engine = reopened.unwrap();
+        assert_eq!((read(&engine, "a"), read(&engine, "b")), before);
+        engine.close().await;
     }
 
     /// The trim step looks only at streams that changed or came of age: a stream nobody

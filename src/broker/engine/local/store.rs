@@ -188,6 +188,10 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything appended so far durable (fsync).
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// Records that every write-ahead log record before `wal_position` is in the store, then
+    /// makes the store durable (as [`Store::sync`]): a restart replays the log from there.
+    fn checkpoint(&self, wal_position: u64) -> Result<(), StoreError>;
+
     /// Events of `stream` with `after < id <= upto`, ascending, at most `limit`.
     fn read(
         &self,

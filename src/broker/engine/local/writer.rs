@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use super::schedule::TrimSchedule;
 use super::store::{self as store, Store, StoreError};
 use super::tail::{Positions, TailHub};
+use super::wal::{Group, Wal};
 use crate::broker::engine::{
     Appended, Change, Committed, EngineError, IdempotencyKey, Record, Retention, StreamSettings,
 };
@@ -37,6 +38,12 @@ use crate::broker::event::{now_millis, Event, NewEvent, StreamName};
 const MAX_GROUP_EVENTS: usize = 8192;
 /// Events removed per trim step, so one huge trim never holds up publishers for long.
 const TRIM_BUDGET: usize = 4096;
+/// How often, with a write-ahead log, the store is flushed and the log before that point
+/// forgotten: off the acknowledgement path, and bounding what a start-up replays.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// ...or sooner, once the log has grown this much since: a start-up after a crash replays at
+/// most about this much, however fast events come.
+const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 pub(crate) type PublishReply = oneshot::Sender<Result<Appended, EngineError>>;
 pub(crate) type ChangeReply = oneshot::Sender<Result<StreamSettings, EngineError>>;
@@ -105,6 +112,9 @@ pub(crate) struct Writer {
     pub idempotency_window: Duration,
     /// The streams the next trim step looks at (filled at start-up with every stream).
     pub schedule: TrimSchedule,
+    /// On disk: the write-ahead log, synced before a group is acknowledged; the store is then
+    /// flushed only at checkpoints. `None` in memory.
+    pub wal: Option<Wal>,
 }
 
 impl Writer {
@@ -122,6 +132,15 @@ impl Writer {
         // lost events acknowledged 900 ms before, with 100 ms asked: benches/proof/kill9.py);
         // syncing here bounds the window at the interval plus one sync.
         let mut sync_due: Option<Instant> = None;
+        // With a write-ahead log: the store is flushed at checkpoints on a thread of its own,
+        // so publishers never wait for it.
+        let mut checkpoints = self.wal.as_ref().and_then(|wal| {
+            Checkpointer::start(self.store.clone(), wal.dir().to_path_buf(), self.failed.clone())
+                .inspect_err(|e| tracing::error!(error = %e, "cannot start the checkpoint thread; checkpoints are taken by the writer"))
+                .ok()
+        });
+        let mut checkpointed = self.wal.as_ref().map_or(0, Wal::end);
+        let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
         loop {
             let mut wait = if trimming {
                 Duration::ZERO
@@ -130,6 +149,9 @@ impl Writer {
             };
             if let Some(due) = sync_due {
                 wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
+            if self.wal.is_some() {
+                wait = wait.min(next_checkpoint.saturating_duration_since(Instant::now()));
             }
             let first = match self.commands.recv_timeout(wait) {
                 Ok(command) => Some(command),
@@ -160,6 +182,9 @@ impl Writer {
                         }
                         Command::Close { reply } => {
                             self.commit(group, &settings, &mut last_time);
+                            if let Some(checkpoints) = checkpoints.take() {
+                                checkpoints.stop();
+                            }
                             self.close();
                             let _ = reply.send(());
                             return;
@@ -180,6 +205,29 @@ impl Writer {
                     tracing::error!(error = %e, "a background sync failed; nothing more is acknowledged");
                 }
             }
+            let grown = self
+                .wal
+                .as_ref()
+                .is_some_and(|wal| wal.end() - checkpointed >= CHECKPOINT_BYTES);
+            if grown || Instant::now() >= next_checkpoint {
+                next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
+                if let Some(end) = self
+                    .wal
+                    .as_ref()
+                    .map(Wal::end)
+                    .filter(|&e| e != checkpointed)
+                {
+                    checkpointed = end;
+                    match &checkpoints {
+                        Some(checkpoints) => checkpoints.request(end),
+                        None => {
+                            if let Err(e) = self.checkpoint() {
+                                tracing::error!(error = %e, "a checkpoint failed; nothing more is acknowledged");
+                            }
+                        }
+                    }
+                }
+            }
             if trimming || Instant::now() >= next_trim {
                 trimming = self.trim_step(&settings);
                 if !trimming {
@@ -187,16 +235,36 @@ impl Writer {
                 }
             }
         }
+        if let Some(checkpoints) = checkpoints.take() {
+            checkpoints.stop();
+        }
         self.close();
     }
 
-    /// fsync, timed for `/metrics`. A failure means nothing more can be acknowledged as
-    /// durable (see `failed`).
-    fn sync(&self) -> Result<(), StoreError> {
+    /// fsync, timed for `/metrics`: of the write-ahead log when there is one, else of the
+    /// store. A failure means nothing more can be acknowledged as durable (see `failed`).
+    fn sync(&mut self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let synced = self.store.sync();
+        let synced = match &mut self.wal {
+            Some(wal) => wal.sync().map_err(|source| StoreError::Io {
+                what: "fdatasync of the write-ahead log failed".into(),
+                source,
+            }),
+            None => self.store.sync(),
+        };
         self.sync_seconds.observe(started.elapsed().as_secs_f64());
         synced.inspect_err(|_| self.failed.store(true, Ordering::Release))
+    }
+
+    /// Makes the store durable by itself. With a write-ahead log, it also records in the store
+    /// how far the log has got: a restart replays the log from there.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let Some(wal) = &self.wal else {
+            return self.sync();
+        };
+        self.store
+            .checkpoint(wal.end())
+            .inspect_err(|_| self.failed.store(true, Ordering::Release))
     }
 
     fn commit(
@@ -240,14 +308,26 @@ impl Writer {
         }
         let mut answers = Vec::with_capacity(group.len());
         let mut requests = Vec::with_capacity(group.len());
+        let mut shape = Vec::new();
         for ToStore { request, repeats } in group {
             answers.push((request.events.len(), request.reply, repeats));
+            if self.wal.is_some() {
+                shape.push((request.events.len(), request.key.clone()));
+            }
             requests.push(store::Request {
                 events: request.events,
                 key: request.key,
             });
         }
         let appended = self.store.append_group(requests, time).and_then(|events| {
+            if let Some(wal) = &mut self.wal {
+                wal.append(&Group::encode(time, &shape, &events))
+                    .map_err(|source| StoreError::Io {
+                        what: "appending to the write-ahead log failed".into(),
+                        source,
+                    })
+                    .inspect_err(|_| self.failed.store(true, Ordering::Release))?;
+            }
             if self.durability == Durability::Fsync {
                 self.sync()?;
             }
@@ -355,11 +435,12 @@ impl Writer {
             }
             Change::Delete => new = StreamSettings::default(),
         }
+        // A checkpoint, so that a restart never replays events from before the change.
         let durable = match change {
             Change::Delete => self.store.delete(stream),
             _ => self.store.put_settings(stream, new),
         }
-        .and_then(|()| self.sync());
+        .and_then(|()| self.checkpoint());
         if let Err(e) = durable {
             tracing::error!(%stream, error = %e, "changing the stream failed");
             let _ = reply.send(Err(EngineError::store(e)));
@@ -468,10 +549,64 @@ impl Writer {
         more
     }
 
-    fn close(&self) {
+    fn close(&mut self) {
+        if self.wal.is_some() {
+            if let Err(e) = self.sync().and_then(|()| self.checkpoint()) {
+                tracing::error!(error = %e, "the last checkpoint failed; the next start replays the log");
+            }
+        }
         if let Err(e) = self.store.close() {
             tracing::error!(error = %e, "closing the log failed");
         }
+    }
+}
+
+/// The thread that flushes the store at checkpoints, beside the writer: the writer hands it the
+/// write-ahead log position its inserts have reached and goes on; the thread records it in the
+/// store, flushes, and then forgets the log's segments before the checkpoint before (one
+/// checkpoint's records are kept beyond what the store holds).
+struct Checkpointer {
+    positions: std::sync::mpsc::SyncSender<u64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(
+        store: Arc<dyn Store>,
+        wal_dir: std::path::PathBuf,
+        failed: Arc<AtomicBool>,
+    ) -> std::io::Result<Checkpointer> {
+        // Room for one: a checkpoint asked for while one runs waits for it; more are dropped
+        // (the next one covers them).
+        let (positions, asked) = std::sync::mpsc::sync_channel::<u64>(1);
+        let thread = std::thread::Builder::new()
+            .name("herald-checkpoint".into())
+            .spawn(move || {
+                let mut previous: Option<u64> = None;
+                for position in asked {
+                    if let Err(e) = store.checkpoint(position) {
+                        tracing::error!(error = %e, "a checkpoint failed; nothing more is acknowledged");
+                        failed.store(true, Ordering::Release);
+                        continue;
+                    }
+                    if let Some(before) = previous.replace(position) {
+                        if let Err(e) = super::wal::forget_before(&wal_dir, before) {
+                            tracing::warn!(error = %e, "removing old write-ahead log segments failed; they stay");
+                        }
+                    }
+                }
+            })?;
+        Ok(Checkpointer { positions, thread })
+    }
+
+    fn request(&self, position: u64) {
+        let _ = self.positions.try_send(position);
+    }
+
+    /// Lets the thread finish the checkpoint it is taking, and end.
+    fn stop(self) {
+        drop(self.positions);
+        let _ = self.thread.join();
     }
 }
 

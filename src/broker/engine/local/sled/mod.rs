@@ -53,6 +53,9 @@ impl From<sled::Error> for StoreError {
 
 const SEQ_KEY: &[u8] = b"s";
 const CLEAN_KEY: &[u8] = b"k";
+/// How far the write-ahead log had got at the last checkpoint: every record before it is in
+/// the store (see `wal.rs`).
+const WAL_FLOOR_KEY: &[u8] = b"w";
 const RESERVE: u64 = 1 << 20;
 
 pub struct SledStore {
@@ -151,6 +154,71 @@ impl SledStore {
                 deletes: 0,
             }),
         })
+    }
+
+    /// The write-ahead log position recorded at the last checkpoint (0: none yet).
+    pub(crate) fn wal_floor(&self) -> Result<u64, StoreError> {
+        match self.db.get(WAL_FLOOR_KEY)? {
+            Some(v) => read_u64(&v, 0).ok_or_else(|| StoreError::Corrupt("wal floor".into())),
+            None => Ok(0),
+        }
+    }
+
+    /// Stores again a group the write-ahead log holds, with its ids, skipping each event the
+    /// store already has (sled recovers a prefix of its own log, so what it lacks of a group is
+    /// a tail of each stream's part) and any event of a stream deleted since. Returns how many
+    /// events were stored.
+    pub(crate) fn replay(
+        &self,
+        group: crate::broker::engine::local::wal::Group,
+    ) -> Result<usize, StoreError> {
+        let mut st = self.state();
+        let mut batch = Batch::default();
+        let mut touched: HashMap<StreamName, (StreamStats, RunWriter)> = HashMap::new();
+        let mut stored = 0;
+        for event in &group.events {
+            let known = st
+                .stats
+                .get(&event.stream)
+                .map_or(EventId::ZERO, |s| s.last_id);
+            let floor = st.floor(&event.stream);
+            let (stats, run) = touched.entry(event.stream.clone()).or_insert_with(|| {
+                let stats = st.stats.get(&event.stream).copied().unwrap_or_default();
+                (stats, RunWriter::new(group.time))
+            });
+            if event.id <= known.max(floor) || event.id <= stats.last_id {
+                continue;
+            }
+            let kind = event.kind.as_ref().map_or("", EventType::as_str);
+            if let Some((last, value)) = run.push(event.id, kind.as_bytes(), event.data.as_bytes())
+            {
+                batch.insert(event_key(&event.stream, last), value);
+            }
+            if stats.length == 0 {
+                stats.first_id = event.id;
+                stats.first_time = group.time;
+            }
+            stats.length += 1;
+            stats.last_id = event.id;
+            stored += 1;
+        }
+        for (name, (stats, run)) in &mut touched {
+            if let Some((last, value)) = run.finish() {
+                batch.insert(event_key(name, last), value);
+            }
+            batch.insert(keyed(b'm', name), encode_stats(stats).to_vec());
+        }
+        // A key's answer is the same however often it is stored.
+        for (key, receipts) in keyed_answers(&group.shape, &group.events) {
+            batch.insert(answer_key(&key), encode_answer(group.time, &receipts));
+            batch.insert(answer_time_key(group.time, &key), Vec::new());
+        }
+        let top = group.events.iter().map(|e| e.id.0).max().unwrap_or(0);
+        st.next = st.next.max(top + 1);
+        self.db.apply_batch(batch)?;
+        st.stats
+            .extend(touched.into_iter().map(|(name, (stats, _))| (name, stats)));
+        Ok(stored)
     }
 
     /// Appends `events` as runs. `one_stream_each`: the events come from requests that each
@@ -384,6 +452,11 @@ impl Store for SledStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        self.syncer.flush(&self.db)
+    }
+
+    fn checkpoint(&self, wal_position: u64) -> Result<(), StoreError> {
+        self.db.insert(WAL_FLOOR_KEY, &wal_position.to_be_bytes())?;
         self.syncer.flush(&self.db)
     }
 

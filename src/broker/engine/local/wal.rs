@@ -1,0 +1,527 @@
+//! herald's write-ahead log: what makes a durable `201` cost one append and one `fdatasync`.
+//!
+//! The writer thread appends each committed group here as one record and syncs the file before
+//! anything is acknowledged; sled, which keeps the log for reading, is written on the same
+//! thread but flushed only at a checkpoint (every second or so), off the acknowledgement path.
+//! A checkpoint records in sled how far the log had got, then flushes sled; at start-up the
+//! records from that point on are replayed into sled (what sled already holds is skipped), so
+//! nothing acknowledged depends on sled's own flush.
+//!
+//! The log is a directory of segment files, each named by the position (the byte offset over
+//! the whole log) of its first record. A record is its payload's length (`u32`, little endian),
+//! the payload's CRC-32, and the payload. A record cut short or whose checksum fails ends the
+//! log: it was being written when the process or the machine stopped, so it was never
+//! acknowledged, and it is cut off before anything new is appended.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::broker::engine::IdempotencyKey;
+use crate::broker::event::{Event, EventId, EventType, StreamName};
+
+/// A segment is closed and a new one started once it holds this much.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Record header: length and CRC-32.
+const HEADER: usize = 8;
+/// A length beyond this is damage, not a record (a group is at most a few MiB).
+const MAX_RECORD: usize = 1 << 30;
+
+/// The log's directory inside the data directory.
+pub(crate) const WAL_DIR: &str = "wal";
+
+pub(crate) struct Wal {
+    dir: PathBuf,
+    /// A segment is closed once it holds this much.
+    segment_bytes: u64,
+    /// The segment being appended to, and the position of its first byte.
+    file: File,
+    segment: u64,
+    /// Where the next record goes.
+    end: u64,
+    /// Whether bytes were appended since the last sync.
+    unsynced: bool,
+}
+
+fn segment_name(start: u64) -> String {
+    format!("{start:020}.wal")
+}
+
+/// The log's segments, by start position.
+fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut starts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(start) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        starts.push(start);
+    }
+    starts.sort_unstable();
+    Ok(starts)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Wal {
+    /// Opens the log in `dir` (creating it), reads every whole record from position `from` on
+    /// and hands each to `replay` in order, cuts off a torn tail, and is then ready to append.
+    /// Segments wholly before `from` are left for [`Wal::forget_before`].
+    pub(crate) fn open(
+        dir: &Path,
+        from: u64,
+        mut replay: impl FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> io::Result<Wal> {
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)?;
+            // The new directory's entry in its parent, so a power cut cannot lose the log.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let starts = segments(dir)?;
+        let mut end = from;
+        // The segment holding `from`, and every later one.
+        let first = starts.iter().rposition(|&s| s <= from).unwrap_or(0);
+        let mut last: Option<(u64, File)> = None;
+        for (i, &start) in starts.iter().enumerate().skip(first) {
+            let is_last = i + 1 == starts.len();
+            let path = dir.join(segment_name(start));
+            let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
+            if start > end {
+                // Records are whole in themselves (they carry their ids), so what follows a
+                // gap is replayed all the same.
+                tracing::error!(segment = %path.display(), missing_from = end, "the write-ahead log has a gap before this segment");
+                end = start;
+            }
+            let whole = read_records(&mut file, end - start, |offset, payload| {
+                replay(start + offset, payload)
+            })?;
+            let mut len = file.metadata()?.len();
+            if whole < len {
+                if is_last {
+                    // Torn: what follows the last whole record was never acknowledged.
+                    file.set_len(whole)?;
+                    file.sync_all()?;
+                    len = whole;
+                } else {
+                    tracing::error!(segment = %path.display(), at = whole, "a damaged write-ahead log record; the records after it in this segment cannot be read");
+                }
+            }
+            end = end.max(start + whole);
+            if is_last && start + len == end {
+                last = Some((start, file));
+            }
+        }
+        let (segment, mut file) = match last {
+            Some(last) => last,
+            // No segment yet, or the last one ends before the position the store recorded.
+            None => (end, create_segment(dir, end)?),
+        };
+        file.seek(SeekFrom::End(0))?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes: SEGMENT_BYTES,
+            file,
+            segment,
+            end,
+            unsynced: false,
+        })
+    }
+
+    /// The position after the last record appended.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Appends one record (not yet durable: see [`Wal::sync`]).
+    pub(crate) fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+        if payload.len() > MAX_RECORD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a group too large for the write-ahead log",
+            ));
+        }
+        if self.end - self.segment >= self.segment_bytes {
+            // The old segment must be whole on disk before a new one can count.
+            self.sync()?;
+            self.file = create_segment(&self.dir, self.end)?;
+            self.segment = self.end;
+        }
+        let mut record = Vec::with_capacity(HEADER + payload.len());
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        record.extend_from_slice(payload);
+        if let Err(e) = self.file.write_all(&record) {
+            // Whatever part went out is cut off again, so the next record follows a whole one.
+            let _ = self.file.set_len(self.end - self.segment);
+            let _ = self.file.seek(SeekFrom::End(0));
+            return Err(e);
+        }
+        self.end += record.len() as u64;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Makes every record appended so far durable: one `fdatasync`.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// The log's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Removes the segments of the log in `dir` that end at or before `position` (their records
+/// are all in the store, flushed). The segment being appended to is never one of them: no
+/// segment follows it.
+pub(crate) fn forget_before(dir: &Path, position: u64) -> io::Result<()> {
+    let starts = segments(dir)?;
+    let mut removed = false;
+    for pair in starts.windows(2) {
+        let (start, next) = (pair[0], pair[1]);
+        if next <= position {
+            std::fs::remove_file(dir.join(segment_name(start)))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// One committed group, as a record holds it: the events with their ids, and each request's
+/// size and idempotency key (so a replay stores the keys' answers too).
+pub(crate) struct Group {
+    pub time: u64,
+    pub shape: Vec<(usize, Option<IdempotencyKey>)>,
+    pub events: Vec<Event>,
+}
+
+impl Group {
+    /// The record's bytes: the time; each request's size and key; each event's id, stream,
+    /// type and data (lengths first, little endian).
+    pub(crate) fn encode(
+        time: u64,
+        shape: &[(usize, Option<IdempotencyKey>)],
+        events: &[Event],
+    ) -> Vec<u8> {
+        let size: usize = events
+            .iter()
+            .map(|e| {
+                22 + e.stream.as_str().len()
+                    + e.data.len()
+                    + e.kind.as_ref().map_or(0, |k| k.as_str().len())
+            })
+            .sum();
+        let mut out = Vec::with_capacity(16 + shape.len() * 8 + size);
+        out.extend_from_slice(&time.to_le_bytes());
+        out.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        for (count, key) in shape {
+            out.extend_from_slice(&(*count as u32).to_le_bytes());
+            put_str(&mut out, key.as_ref().map_or("", IdempotencyKey::as_str));
+        }
+        out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+        for event in events {
+            out.extend_from_slice(&event.id.0.to_le_bytes());
+            put_str(&mut out, event.stream.as_str());
+            put_str(&mut out, event.kind.as_ref().map_or("", EventType::as_str));
+            out.extend_from_slice(&(event.data.len() as u32).to_le_bytes());
+            out.extend_from_slice(event.data.as_bytes());
+        }
+        out
+    }
+
+    /// Reads a record back; an error means the record is not one this version wrote.
+    pub(crate) fn decode(bytes: &[u8]) -> io::Result<Group> {
+        let mut input = Input(bytes);
+        let time = input.u64()?;
+        let requests = input.u32()? as usize;
+        let mut shape = Vec::with_capacity(requests.min(bytes.len()));
+        for _ in 0..requests {
+            let count = input.u32()? as usize;
+            let key = match input.str16()? {
+                "" => None,
+                key => Some(IdempotencyKey::new(key).map_err(invalid)?),
+            };
+            shape.push((count, key));
+        }
+        let count = input.u32()? as usize;
+        let mut events = Vec::with_capacity(count.min(bytes.len()));
+        for _ in 0..count {
+            let id = EventId(input.u64()?);
+            let stream = StreamName::new(input.str16()?).map_err(invalid)?;
+            let kind = match input.str16()? {
+                "" => None,
+                kind => Some(EventType::new(kind).map_err(invalid)?),
+            };
+            let len = input.u32()? as usize;
+            let data = std::str::from_utf8(input.take(len)?).map_err(invalid)?;
+            events.push(Event::new(id, stream, kind, data.to_owned(), time));
+        }
+        Ok(Group {
+            time,
+            shape,
+            events,
+        })
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("a write-ahead log record does not decode: {e}"),
+    )
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Stream names, event types and keys are far shorter than 64 KiB (they are validated).
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(invalid("it ends early"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u64(&mut self) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn u32(&mut self) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn str16(&mut self) -> io::Result<&'a str> {
+        let mut b = [0u8; 2];
+        b.copy_from_slice(self.take(2)?);
+        let len = u16::from_le_bytes(b) as usize;
+        std::str::from_utf8(self.take(len)?).map_err(invalid)
+    }
+}
+
+/// A new, empty segment starting at `start`, its directory entry durable.
+fn create_segment(dir: &Path, start: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(segment_name(start)))?;
+    file.sync_all()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Reads the whole records of `file` from byte `skip` on, handing each (with its offset in the
+/// file) to `each`; returns the offset after the last whole one.
+fn read_records(
+    file: &mut File,
+    skip: u64,
+    mut each: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    file.seek(SeekFrom::Start(skip))?;
+    let mut reader = io::BufReader::with_capacity(1 << 20, &mut *file);
+    let mut offset = skip;
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER];
+        if !read_whole(&mut reader, &mut header)? {
+            return Ok(offset);
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > MAX_RECORD {
+            return Ok(offset);
+        }
+        payload.resize(len, 0);
+        if !read_whole(&mut reader, &mut payload)? || crc32fast::hash(&payload) != crc {
+            return Ok(offset);
+        }
+        each(offset, &payload)?;
+        offset += (HEADER + len) as u64;
+    }
+}
+
+/// Fills `buf`, or returns false if the file ends first.
+fn read_whole(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replayed(dir: &Path, from: u64) -> (Vec<(u64, Vec<u8>)>, Wal) {
+        let mut seen = Vec::new();
+        let wal = Wal::open(dir, from, |at, payload| {
+            seen.push((at, payload.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (seen, wal)
+    }
+
+    #[test]
+    fn records_come_back_in_order_from_any_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (none, mut wal) = replayed(dir.path(), 0);
+        assert!(none.is_empty());
+        let mut positions = Vec::new();
+        for i in 0..100u32 {
+            positions.push(wal.end());
+            wal.append(&i.to_le_bytes().repeat(i as usize)).unwrap();
+        }
+        wal.sync().unwrap();
+        drop(wal);
+        let (all, wal) = replayed(dir.path(), 0);
+        assert_eq!(all.len(), 100);
+        assert_eq!(all.iter().map(|(at, _)| *at).collect::<Vec<_>>(), positions);
+        assert_eq!(all[7].1, 7u32.to_le_bytes().repeat(7));
+        let end = wal.end();
+        drop(wal);
+        let (rest, wal) = replayed(dir.path(), positions[60]);
+        assert_eq!(rest.len(), 40);
+        assert_eq!(rest[0].0, positions[60]);
+        assert_eq!(wal.end(), end);
+    }
+
+    #[test]
+    fn a_torn_tail_ends_the_log_and_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut wal) = replayed(dir.path(), 0);
+        wal.append(b"one").unwrap();
+        wal.append(b"two").unwrap();
+        wal.sync().unwrap();
+        let whole = wal.end();
+        drop(wal);
+        let path = dir.path().join(segment_name(0));
+        // Half a record, as a crash in the middle of a write leaves it.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[5, 0, 0, 0, 1, 2]).unwrap();
+        drop(file);
+        let (seen, mut wal) = replayed(dir.path(), 0);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(wal.end(), whole);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+        wal.append(b"three").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let (seen, _) = replayed(dir.path(), 0);
+        let payloads: Vec<&[u8]> = seen.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(payloads, [&b"one"[..], b"two", b"three"]);
+    }
+
+    #[test]
+    fn a_damaged_record_ends_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut wal) = replayed(dir.path(), 0);
+        wal.append(b"one").unwrap();
+        let second = wal.end();
+        wal.append(b"two").unwrap();
+        wal.append(b"six").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let path = dir.path().join(segment_name(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[second as usize + HEADER] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let (seen, wal) = replayed(dir.path(), 0);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(wal.end(), second);
+    }
+
+    #[test]
+    fn groups_read_back_as_they_were_written() {
+        let event = |id, stream: &str, kind: Option<&str>, data: &str| {
+            Event::new(
+                EventId(id),
+                StreamName::new(stream).unwrap(),
+                kind.map(|k| EventType::new(k).unwrap()),
+                data.to_owned(),
+                1_700_000_000_123,
+            )
+        };
+        let events = vec![
+            event(7, "a", None, "one\nline two"),
+            event(8, "b", Some("note"), ""),
+            event(9, "a", None, "Zoë 🙂"),
+        ];
+        let shape = vec![(1, None), (2, Some(IdempotencyKey::new("k-1").unwrap()))];
+        let bytes = Group::encode(1_700_000_000_123, &shape, &events);
+        let group = Group::decode(&bytes).unwrap();
+        assert_eq!(group.time, 1_700_000_000_123);
+        assert_eq!(group.shape, shape);
+        let seen = |es: &[Event]| {
+            es.iter()
+                .map(|e| {
+                    (
+                        e.id,
+                        e.stream.clone(),
+                        e.kind.clone(),
+                        e.data.clone(),
+                        e.time,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seen(&group.events), seen(&events));
+        for cut in 0..bytes.len() {
+            assert!(Group::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn segments_roll_over_and_old_ones_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut wal) = replayed(dir.path(), 0);
+        wal.segment_bytes = 1000;
+        let big = vec![7u8; 600];
+        let mut positions = Vec::new();
+        for _ in 0..5 {
+            positions.push(wal.end());
+            wal.append(&big).unwrap();
+        }
+        wal.sync().unwrap();
+        assert_eq!(segments(dir.path()).unwrap().len(), 3);
+        forget_before(dir.path(), positions[4]).unwrap();
+        assert_eq!(segments(dir.path()).unwrap(), [positions[4]]);
+        drop(wal);
+        let (seen, _) = replayed(dir.path(), positions[4]);
+        assert_eq!(seen.len(), 1);
+    }
+}
