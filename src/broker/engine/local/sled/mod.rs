@@ -76,6 +76,10 @@ struct State {
     /// Deletes since opening. Readers walk sled without the lock: one that sees this change
     /// while it reads may have passed events of a deleted life, and reads again.
     deletes: u64,
+    /// Streams whose counters changed since they were last stored: an append to a stream that
+    /// already has counters on disk stores only its run, and the counters follow at the next
+    /// sync (after a crash, `open` counts the runs past them, as it always could).
+    dirty: std::collections::HashSet<StreamName>,
 }
 
 impl State {
@@ -152,8 +156,23 @@ impl SledStore {
                 settings,
                 floors,
                 deletes: 0,
+                dirty: Default::default(),
             }),
         })
+    }
+
+    /// Stores the counters that changed since they were last stored. Under the lock, so that
+    /// nothing the writer stores meanwhile (a trim's counters) is overwritten by older ones.
+    fn store_counters(&self) -> Result<(), StoreError> {
+        let mut st = self.state();
+        let dirty = std::mem::take(&mut st.dirty);
+        for name in dirty {
+            if let Some(stats) = st.stats.get(&name) {
+                self.db
+                    .insert(keyed(b'm', &name), encode_stats(stats).to_vec())?;
+            }
+        }
+        Ok(())
     }
 
     /// The write-ahead log position recorded at the last checkpoint (0: none yet).
@@ -296,10 +315,7 @@ impl SledStore {
             for (key, value) in writes {
                 self.db.insert(key, value)?;
             }
-            for (name, (stats, _)) in &touched {
-                self.db
-                    .insert(keyed(b'm', name), encode_stats(stats).to_vec())?;
-            }
+            st.dirty.extend(touched.keys().cloned());
         } else {
             let mut batch = Batch::default();
             for (key, value) in writes {
@@ -452,10 +468,12 @@ impl Store for SledStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        self.store_counters()?;
         self.syncer.flush(&self.db)
     }
 
     fn checkpoint(&self, wal_position: u64) -> Result<(), StoreError> {
+        self.store_counters()?;
         self.db.insert(WAL_FLOOR_KEY, &wal_position.to_be_bytes())?;
         self.syncer.flush(&self.db)
     }
@@ -667,6 +685,7 @@ impl Store for SledStore {
     }
 
     fn close(&self) -> Result<(), StoreError> {
+        self.store_counters()?;
         let st = self.state();
         self.db.insert(SEQ_KEY, &(st.next - 1).to_be_bytes())?;
         self.db.insert(CLEAN_KEY, &[])?;
