@@ -465,6 +465,40 @@ mod tests {
         assert_eq!(wal.end(), second);
     }
 
+    /// A segment gone missing (removed by hand, say) or damaged in the middle of the log does
+    /// not stop the replay: every whole record after it still comes back, and only the last
+    /// segment is ever cut.
+    #[test]
+    fn records_after_a_gap_or_a_damaged_segment_still_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut wal) = replayed(dir.path(), 0);
+        wal.segment_bytes = 50;
+        let mut positions = Vec::new();
+        for i in 0..6u8 {
+            positions.push(wal.end());
+            wal.append(&[i; 80]).unwrap();
+        }
+        wal.sync().unwrap();
+        drop(wal);
+        let starts = segments(dir.path()).unwrap();
+        assert_eq!(starts, positions, "one record per segment here");
+        // The second segment is gone; the fourth has a damaged record.
+        std::fs::remove_file(dir.path().join(segment_name(starts[1]))).unwrap();
+        let fourth = dir.path().join(segment_name(starts[3]));
+        let mut bytes = std::fs::read(&fourth).unwrap();
+        bytes[HEADER + 3] ^= 0xff;
+        std::fs::write(&fourth, bytes).unwrap();
+        let (seen, wal) = replayed(dir.path(), 0);
+        let firsts: Vec<u8> = seen.iter().map(|(_, p)| p[0]).collect();
+        assert_eq!(firsts, [0, 2, 4, 5]);
+        assert_eq!(wal.end(), positions[5] + (HEADER + 80) as u64);
+        assert_eq!(
+            std::fs::metadata(&fourth).unwrap().len(),
+            (HEADER + 80) as u64,
+            "a segment that is not the last is left as it is"
+        );
+    }
+
     #[test]
     fn groups_read_back_as_they_were_written() {
         let event = |id, stream: &str, kind: Option<&str>, data: &str| {
