@@ -13,16 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools
-fi
-herald_bin=${HERALD:-target/release/herald}
-[ -n "${HERALD:-}" ] || cargo build --release --quiet
-if [ -z "${LOAD:-}" ]; then
-  cargo bench --bench load --no-run --quiet 2>/dev/null
-  LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
-fi
-load() { taskset -c 1 "$LOAD" --bench "$@"; }
+source benches/common.sh
+need redis-server redis-benchmark -- redis-server redis-tools
+herald_and_load
 
 work=$(mktemp -d)
 port=16390

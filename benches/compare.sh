@@ -17,58 +17,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-if [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || ! command -v openssl >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan openssl
-fi
-herald_bin=${HERALD:-target/release/herald}
-[ -n "${HERALD:-}" ] || cargo build --release --quiet
-if [ -z "${LOAD:-}" ]; then
-  cargo bench --bench load --no-run --quiet 2>/dev/null
-  LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
-fi
-cargo bench --bench floor --no-run --quiet 2>/dev/null || true
-floor_bin=$(ls -t target/release/deps/floor-* | grep -v '\.d$' | head -1)
-load() { taskset -c 1 "$LOAD" --bench "$@"; }
+source benches/common.sh
+need /usr/lib/nginx/modules/ngx_nchan_module.so openssl -- nginx libnginx-mod-nchan openssl
+herald_and_load
+floor_build
 
 work=$(mktemp -d)
-mkdir -p "$work/nginx/logs"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -keyout "$work/tls.key" -out "$work/tls.crt" -subj "/CN=127.0.0.1" \
-  -addext "subjectAltName=IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null
-cat > "$work/nginx/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-error_log $work/nginx/logs/error.log warn;
-pid $work/nginx/nginx.pid;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:8090;
-    location ~ /pub/([\w:.-]+)$ { nchan_publisher; nchan_channel_id \$1; }
-    location ~ /sub/([\w:.-]+)$ { nchan_subscriber; nchan_channel_id \$1; nchan_subscriber_first_message newest; }
-  }
-  server {
-    listen 127.0.0.1:8443 ssl http2;
-    ssl_certificate $work/tls.crt;
-    ssl_certificate_key $work/tls.key;
-    location ~ /pub/([\w:.-]+)$ { nchan_publisher; nchan_channel_id \$1; }
-    location ~ /sub/([\w:.-]+)$ { nchan_subscriber; nchan_channel_id \$1; nchan_subscriber_first_message newest; }
-  }
-}
-CONF
-
-# Starts a server pinned to core 0 and waits until its port answers; sets $pid.
-start() {
-  local port=$1; shift
-  taskset -c 0 "$@" >/dev/null 2>&1 &
-  pid=$!
-  for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && return; sleep 0.1; done
-  echo "server on port $port did not start" >&2; exit 1
-}
-stop() { kill "${2:--TERM}" "$1"; wait "$1" || true; }
+self_signed "$work"
+nchan_conf "$work"
 
 for round in $(seq "$rounds"); do
   echo "== round $round"

@@ -14,49 +14,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-if [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || ! command -v redis-benchmark >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan redis-server redis-tools
-fi
-herald_bin=${HERALD:-target/release/herald}
-[ -n "${HERALD:-}" ] || cargo build --release --quiet
-if [ -z "${LOAD:-}" ]; then
-  cargo bench --bench load --no-run --quiet 2>/dev/null
-  LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
-fi
-cargo bench --bench floor --no-run --quiet 2>/dev/null || true
-floor_bin=$(ls -t target/release/deps/floor-* | grep -v '\.d$' | head -1)
-load() { taskset -c 1 "$LOAD" --bench "$@"; }
+source benches/common.sh
+need /usr/lib/nginx/modules/ngx_nchan_module.so openssl redis-benchmark -- nginx libnginx-mod-nchan openssl redis-server redis-tools
+herald_and_load
+floor_build
 one_line() { tr '\n' ' '; echo; }
 
 work=$(mktemp -d)
 trap 'redis-cli -p 6391 shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-mkdir -p "$work/nginx/logs"
-cat > "$work/nginx/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-worker_processes 1;
-daemon off;
-error_log $work/nginx/logs/error.log warn;
-pid $work/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:8090;
-    location ~ /pub/([\w:.-]+)$ { nchan_publisher; nchan_channel_id \$1; }
-    location ~ /sub/([\w:.-]+)$ { nchan_subscriber; nchan_channel_id \$1; nchan_subscriber_first_message newest; }
-  }
-}
-CONF
-
-# Starts a server pinned to core 0 and waits until its port answers; sets $pid.
-start() {
-  local port=$1; shift
-  taskset -c 0 "$@" >/dev/null 2>&1 &
-  pid=$!
-  for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && return; sleep 0.1; done
-  echo "server on port $port did not start" >&2; exit 1
-}
-stop() { kill "${2:--TERM}" "$1"; wait "$1" || true; }
+self_signed "$work"
+nchan_conf "$work"
 
 fanout="--subscribers 200 --rate 250 --seconds 10"
 data=$(printf 'x%.0s' $(seq 100))

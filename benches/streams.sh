@@ -14,12 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(100 100000)
-herald_bin=${HERALD:-target/release/herald}
-[ -n "${HERALD:-}" ] || cargo build --release --quiet
-if [ -z "${LOAD:-}" ]; then
-  cargo bench --bench load --no-run --quiet 2>/dev/null
-  LOAD=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
-fi
+source benches/common.sh
+herald_and_load
 
 work=$(mktemp -d)
 pid=""

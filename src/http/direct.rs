@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use warp::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
@@ -163,28 +163,21 @@ pub(super) trait Conn: Send {
 }
 
 impl Conn for TcpStream {
-    /// Nothing is allocated until the peer has sent something.
+    /// Nothing is allocated until the peer has sent something (`async_io` waits for the socket
+    /// to be readable before it reads).
     async fn read_more(&mut self, buffer: &mut BytesMut, grow: usize) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
+        self.async_io(Interest::READABLE, || {
             if buffer.capacity() == buffer.len() {
                 buffer.reserve(grow);
             }
-            match self.try_read_buf(buffer) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                read => return read,
-            }
-        }
+            self.try_read_buf(buffer)
+        })
+        .await
     }
 
     async fn probe(&mut self, probe: &mut [u8]) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
-            match self.try_read(probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                read => return read,
-            }
-        }
+        self.async_io(Interest::READABLE, || self.try_read(probe))
+            .await
     }
 
     /// In as few `writev`s as the socket allows. Only a write the socket cannot take at once

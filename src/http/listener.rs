@@ -149,42 +149,42 @@ pub async fn serve(
                     // task holds no room for HTTP/2's state (the whole was ~5.9 KiB).
                     Some(if h2 {
                         Box::pin(async move {
-                        // Held, not watched: this task closes the connection itself (on
-                        // shutdown or when idle), and `serve` waits for it all the same.
-                        let _watcher = watcher;
-                        let io = TokioIo::new(stream);
-                        let streams = h2::Streams::new();
-                        let per_request = {
-                            let streams = streams.clone();
-                            service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                                let stream = streams.open();
-                                let answer = answer(&*service, Some(peer), request);
-                                async move {
-                                    let response = answer.await?;
-                                    Ok::<_, Infallible>(
-                                        response.map(|body| h2::Tracked::new(body, stream)),
-                                    )
-                                }
-                            })
-                        };
-                        let connection = http2_builder(&options).serve_connection(io, per_request);
-                        let mut connection = std::pin::pin!(connection);
-                        let mut closing = closing;
-                        let mut told = false;
-                        loop {
-                            tokio::select! {
-                                ended = connection.as_mut() => break ended,
-                                () = direct::stop_signal(&mut closing), if !told => {
-                                    told = true;
-                                    connection.as_mut().graceful_shutdown();
-                                }
-                                () = streams.idle_for(options.idle_timeout), if !told => {
-                                    told = true;
-                                    tracing::debug!(%peer, "HTTP/2 connection idle; closing it");
-                                    connection.as_mut().graceful_shutdown();
+                            // Held, not watched: this task closes the connection itself (on
+                            // shutdown or when idle), and `serve` waits for it all the same.
+                            let _watcher = watcher;
+                            let io = TokioIo::new(stream);
+                            let streams = h2::Streams::new();
+                            let per_request = {
+                                let streams = streams.clone();
+                                service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                                    let stream = streams.open();
+                                    let answer = answer(&*service, Some(peer), request);
+                                    async move {
+                                        let response = answer.await?;
+                                        Ok::<_, Infallible>(
+                                            response.map(|body| h2::Tracked::new(body, stream)),
+                                        )
+                                    }
+                                })
+                            };
+                            let connection = http2_builder(&options).serve_connection(io, per_request);
+                            let mut connection = std::pin::pin!(connection);
+                            let mut closing = closing;
+                            let mut told = false;
+                            loop {
+                                tokio::select! {
+                                    ended = connection.as_mut() => break ended,
+                                    () = direct::stop_signal(&mut closing), if !told => {
+                                        told = true;
+                                        connection.as_mut().graceful_shutdown();
+                                    }
+                                    () = streams.idle_for(options.idle_timeout), if !told => {
+                                        told = true;
+                                        tracing::debug!(%peer, "HTTP/2 connection idle; closing it");
+                                        connection.as_mut().graceful_shutdown();
+                                    }
                                 }
                             }
-                        }
                         })
                         .await
                     } else {

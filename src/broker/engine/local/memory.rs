@@ -247,7 +247,7 @@ impl Store for MemoryStore {
     }
 
     fn all_settings(&self) -> Vec<(StreamName, StreamSettings)> {
-        by_name(self.read_lock().settings.iter())
+        by_name(&self.read_lock().settings)
     }
 
     fn delete(&self, stream: &StreamName) -> Result<(), StoreError> {

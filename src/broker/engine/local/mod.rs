@@ -28,7 +28,7 @@ pub use self::store::{MemoryStore, SledStore, Store, StoreError};
 use self::tail::{Positions, TailHub};
 use self::wal::Wal;
 pub use self::writer::Durability;
-use self::writer::{Command, Inbox, Writer};
+use self::writer::{Checkpointer, Command, Inbox, Writer};
 use super::{
     Appended, Change, Engine, EngineError, EngineFuture, IdempotencyKey, ListQuery, Position,
     Retention, StreamSettings, StreamState, Tail,
@@ -105,7 +105,7 @@ impl LocalEngine {
     pub fn open(options: LocalOptions) -> Result<LocalEngine, EngineError> {
         let (store, wal): (Arc<dyn Store>, Option<Wal>) = match &options.storage {
             Storage::Memory => (Arc::new(MemoryStore::new()), None),
-            // Never sled's own background flusher: the writer flushes it at checkpoints.
+            // Never sled's own background flusher: it is flushed at checkpoints (see `writer.rs`).
             Storage::Disk { dir, cache_bytes } => {
                 let sled = SledStore::open(dir, *cache_bytes).map_err(EngineError::store)?;
                 let wal = replay_into(&sled, dir).map_err(EngineError::store)?;
@@ -115,6 +115,13 @@ impl LocalEngine {
         let head = Position::of_event(store.last_id());
         let tail = Arc::new(TailHub::new(head));
         let failed = Arc::new(AtomicBool::new(false));
+        // With the log, sled is flushed at checkpoints on a thread of its own, so publishers
+        // never wait for it.
+        let checkpoints = wal
+            .as_ref()
+            .map(|wal| Checkpointer::start(store.clone(), wal.dir().to_path_buf(), failed.clone()))
+            .transpose()
+            .map_err(EngineError::store)?;
         // 50 µs to ~1.6 s.
         let sync_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         let (commands, receiver) = mpsc::channel();
@@ -131,6 +138,7 @@ impl LocalEngine {
             idempotency_window: options.idempotency_window,
             schedule: Default::default(),
             wal,
+            checkpoints,
         };
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())

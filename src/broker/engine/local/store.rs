@@ -37,7 +37,6 @@ pub enum StoreError {
     InUse(String),
 }
 
-/// A per-stream map's entries, by stream name: how the `all_*` methods answer.
 /// The page `query` asks for, from two maps kept in name order (streams with events, streams
 /// with settings): a range search from where the page starts, so O(log n + page).
 pub(crate) fn page_of<A, B>(
@@ -68,12 +67,10 @@ pub(crate) fn page_of<A, B>(
     names
 }
 
-pub(crate) fn by_name<'a, T: Copy + 'a>(
-    entries: impl Iterator<Item = (&'a StreamName, &'a T)>,
-) -> Vec<(StreamName, T)> {
-    let mut all: Vec<_> = entries.map(|(name, v)| (name.clone(), *v)).collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
+/// A per-stream map's entries, by stream name (the map keeps them in that order): how the
+/// `all_*` methods answer.
+pub(crate) fn by_name<T: Copy>(map: &BTreeMap<StreamName, T>) -> Vec<(StreamName, T)> {
+    map.iter().map(|(name, v)| (name.clone(), *v)).collect()
 }
 
 impl Retention {

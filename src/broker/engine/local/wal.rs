@@ -72,7 +72,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 impl Wal {
     /// Opens the log in `dir` (creating it), reads every whole record from position `from` on
     /// and hands each to `replay` in order, cuts off a torn tail, and is then ready to append.
-    /// Segments wholly before `from` are left for [`Wal::forget_before`].
+    /// Segments wholly before `from` are left for [`forget_before`].
     pub(crate) fn open(
         dir: &Path,
         from: u64,

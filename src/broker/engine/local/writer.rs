@@ -113,8 +113,9 @@ pub(crate) struct Writer {
     /// The streams the next trim step looks at (filled at start-up with every stream).
     pub schedule: TrimSchedule,
     /// On disk: the write-ahead log, synced before a group is acknowledged; the store is then
-    /// flushed only at checkpoints. `None` in memory.
+    /// flushed only at checkpoints, by `checkpoints`. `None` in memory.
     pub wal: Option<Wal>,
+    pub checkpoints: Option<Checkpointer>,
 }
 
 impl Writer {
@@ -127,18 +128,10 @@ impl Writer {
         let mut last_time = 0u64;
         let mut next_trim = Instant::now() + self.trim_every;
         let mut trimming = false;
-        // With `--flush-interval`: when the oldest acknowledged event not yet synced must be.
-        // sled's own background flusher drifted far past its interval under load (kill -9
-        // lost events acknowledged 900 ms before, with 100 ms asked: benches/proof/kill9.py);
-        // syncing here bounds the window at the interval plus one sync.
+        // With `--flush-interval`: when the oldest acknowledged event not yet synced must be
+        // (the writer syncs the log itself, so the window is the interval plus one sync).
         let mut sync_due: Option<Instant> = None;
-        // With a write-ahead log: the store is flushed at checkpoints on a thread of its own,
-        // so publishers never wait for it.
-        let mut checkpoints = self.wal.as_ref().and_then(|wal| {
-            Checkpointer::start(self.store.clone(), wal.dir().to_path_buf(), self.failed.clone())
-                .inspect_err(|e| tracing::error!(error = %e, "cannot start the checkpoint thread; checkpoints are taken by the writer"))
-                .ok()
-        });
+        // With a write-ahead log: the log position last handed to the checkpoint thread.
         let mut checkpointed = self.wal.as_ref().map_or(0, Wal::end);
         let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
         loop {
@@ -182,9 +175,6 @@ impl Writer {
                         }
                         Command::Close { reply } => {
                             self.commit(group, &settings, &mut last_time);
-                            if let Some(checkpoints) = checkpoints.take() {
-                                checkpoints.stop();
-                            }
                             self.close();
                             let _ = reply.send(());
                             return;
@@ -205,26 +195,13 @@ impl Writer {
                     tracing::error!(error = %e, "a background sync failed; nothing more is acknowledged");
                 }
             }
-            let grown = self
-                .wal
-                .as_ref()
-                .is_some_and(|wal| wal.end() - checkpointed >= CHECKPOINT_BYTES);
-            if grown || Instant::now() >= next_checkpoint {
-                next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
-                if let Some(end) = self
-                    .wal
-                    .as_ref()
-                    .map(Wal::end)
-                    .filter(|&e| e != checkpointed)
-                {
-                    checkpointed = end;
-                    match &checkpoints {
-                        Some(checkpoints) => checkpoints.request(end),
-                        None => {
-                            if let Err(e) = self.checkpoint() {
-                                tracing::error!(error = %e, "a checkpoint failed; nothing more is acknowledged");
-                            }
-                        }
+            if let (Some(wal), Some(checkpoints)) = (&self.wal, &self.checkpoints) {
+                let end = wal.end();
+                if end - checkpointed >= CHECKPOINT_BYTES || Instant::now() >= next_checkpoint {
+                    next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
+                    if end != checkpointed {
+                        checkpointed = end;
+                        checkpoints.request(end);
                     }
                 }
             }
@@ -234,9 +211,6 @@ impl Writer {
                     next_trim = Instant::now() + self.trim_every;
                 }
             }
-        }
-        if let Some(checkpoints) = checkpoints.take() {
-            checkpoints.stop();
         }
         self.close();
     }
@@ -550,6 +524,9 @@ impl Writer {
     }
 
     fn close(&mut self) {
+        if let Some(checkpoints) = self.checkpoints.take() {
+            checkpoints.stop();
+        }
         if self.wal.is_some() {
             if let Err(e) = self.sync().and_then(|()| self.checkpoint()) {
                 tracing::error!(error = %e, "the last checkpoint failed; the next start replays the log");
@@ -565,13 +542,13 @@ impl Writer {
 /// write-ahead log position its inserts have reached and goes on; the thread records it in the
 /// store, flushes, and then forgets the log's segments before the checkpoint before (one
 /// checkpoint's records are kept beyond what the store holds).
-struct Checkpointer {
+pub(crate) struct Checkpointer {
     positions: std::sync::mpsc::SyncSender<u64>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Checkpointer {
-    fn start(
+    pub(crate) fn start(
         store: Arc<dyn Store>,
         wal_dir: std::path::PathBuf,
         failed: Arc<AtomicBool>,

@@ -90,8 +90,8 @@ impl State {
 
 impl SledStore {
     /// Opens (or creates) the log in `dir`. `cache_bytes` bounds sled's page cache. Only
-    /// [`Store::sync`] flushes: sled's background flusher stays off (the writer syncs on its own
-    /// schedule with `--flush-interval`).
+    /// [`Store::sync`], [`Store::checkpoint`] and [`Store::close`] flush: sled's background
+    /// flusher stays off (with the write-ahead log, sled is flushed at checkpoints).
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
@@ -196,16 +196,13 @@ impl SledStore {
         let mut touched: HashMap<StreamName, (StreamStats, RunWriter)> = HashMap::new();
         let mut stored = 0;
         for event in &group.events {
-            let known = st
-                .stats
-                .get(&event.stream)
-                .map_or(EventId::ZERO, |s| s.last_id);
             let floor = st.floor(&event.stream);
             let (stats, run) = touched.entry(event.stream.clone()).or_insert_with(|| {
                 let stats = st.stats.get(&event.stream).copied().unwrap_or_default();
                 (stats, RunWriter::new(group.time))
             });
-            if event.id <= known.max(floor) || event.id <= stats.last_id {
+            // Already stored (the counters count it), or of a life of the stream since deleted.
+            if event.id <= stats.last_id.max(floor) {
                 continue;
             }
             let kind = event.kind.as_ref().map_or("", EventType::as_str);
@@ -610,7 +607,7 @@ impl Store for SledStore {
     }
 
     fn all_settings(&self) -> Vec<(StreamName, StreamSettings)> {
-        by_name(self.state().settings.iter())
+        by_name(&self.state().settings)
     }
 
     fn delete(&self, stream: &StreamName) -> Result<(), StoreError> {
@@ -668,7 +665,7 @@ impl Store for SledStore {
     }
 
     fn all_stats(&self) -> Vec<(StreamName, StreamStats)> {
-        by_name(self.state().stats.iter())
+        by_name(&self.state().stats)
     }
 
     fn names(&self, query: &ListQuery) -> Vec<StreamName> {
