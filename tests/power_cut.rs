@@ -386,12 +386,20 @@ fn mount(fs: &CutFs, at: &Path) -> fuser::BackgroundSession {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_power_cut_loses_no_acknowledged_event() {
-    publish_then_cut_the_power(0).await;
+    publish_then_cut_the_power(0, false).await;
+}
+
+/// The same in a segment of the write-ahead log prepared ahead (written with zeros on its own
+/// thread, then renamed into the log): the events acknowledged in it are written over zeros.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_power_cut_loses_no_acknowledged_event_in_a_prepared_log_segment() {
+    publish_then_cut_the_power(0, true).await;
 }
 
 /// Publishes 60 events of `padding` bytes and more (30 one by one, 30 at once), cuts the power,
-/// and checks that every acknowledged event is there afterwards.
-async fn publish_then_cut_the_power(padding: usize) {
+/// and checks that every acknowledged event is there afterwards. With `prepared`, first fills
+/// the log's first segment until the next one is prepared, so the 60 go to that one.
+async fn publish_then_cut_the_power(padding: usize, prepared: bool) {
     if std::env::var_os("HERALD_SKIP_FUSE").is_some() {
         eprintln!("HERALD_SKIP_FUSE is set: the power-cut test was not run");
         return;
@@ -409,6 +417,21 @@ async fn publish_then_cut_the_power(padding: usize) {
     // Acknowledged events, one by one and concurrently, then the cut.
     let mut server = Server::start_on(&data, &[]);
     let mut acked = Vec::new();
+    if prepared {
+        let filler = "f".repeat(60_000);
+        for _ in 0..20 {
+            publish(&server, "filler", &filler).await;
+        }
+        let next = data.join("wal").join("next.tmp");
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&next).map_or(0, |m| m.len()) < 16 << 20 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the next log segment was not prepared"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     for i in 0..30 {
         acked.push((
             publish(&server, "kept", &format!("{pad}one by one {i}")).await,
@@ -418,6 +441,10 @@ async fn publish_then_cut_the_power(padding: usize) {
     let together: Vec<String> = (30..60).map(|i| format!("{pad}together {i}")).collect();
     let ids = futures::future::join_all(together.iter().map(|d| publish(&server, "kept", d))).await;
     acked.extend(ids.into_iter().zip(30..));
+    if prepared {
+        let segments = std::fs::read_dir(data.join("wal")).unwrap().count();
+        assert_eq!(segments, 2, "the events went to the prepared segment");
+    }
     if padding > 16_000 {
         let blobs = std::fs::read_dir(data.join("blobs")).map_or(0, |d| d.count());
         assert!(blobs > 0, "events this large are kept in sled's blob files");
@@ -457,5 +484,5 @@ async fn publish_then_cut_the_power(padding: usize) {
 /// `blobs/`, which sled itself never syncs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_power_cut_loses_no_acknowledged_large_event() {
-    publish_then_cut_the_power(20_000).await;
+    publish_then_cut_the_power(20_000, false).await;
 }
