@@ -14,4 +14,4 @@ for i in $(seq "$runs"); do
     echo "run $i failed:"; tail -20 /tmp/herald-power-cut.log; exit 1
   fi
 done
-echo "power cut: $passed of $runs runs lost no acknowledged event (2 cases each: small events, and 20 KB events in sled's blob files)"
+echo "power cut: $passed of $runs runs lost no acknowledged event (3 cases each: small events, 20 KB events in sled's blob files, and events in a log segment prepared ahead)"
