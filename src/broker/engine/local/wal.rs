@@ -60,6 +60,8 @@ pub(crate) struct Wal {
     unsynced: bool,
     /// The next segment, being filled with zeros on its own thread.
     next: Option<Preparing>,
+    /// No segment is prepared before this position (after a failure, a segment's worth on).
+    prepare_from: u64,
 }
 
 /// A segment being written with zeros ahead of its use. Every record then lands on blocks the
@@ -223,6 +225,7 @@ impl Wal {
             end,
             unsynced: false,
             next: None,
+            prepare_from: 0,
         })
     }
 
@@ -246,10 +249,14 @@ impl Wal {
         record.extend_from_slice(payload);
         let written = self.end - self.segment;
         let grows = written + record.len() as u64 > self.file_len;
-        if written >= self.segment_bytes
-            || (grows && self.next.as_ref().is_some_and(|n| n.thread.is_finished()))
-        {
-            self.roll()?;
+        if written >= self.segment_bytes {
+            let prepared = self.take_prepared();
+            self.roll(prepared)?;
+        } else if grows && self.next.as_ref().is_some_and(|n| n.thread.is_finished()) {
+            // Out of zeros (or never had any), and the next segment is ready: go on there.
+            if let Some(prepared) = self.take_prepared() {
+                self.roll(Some(prepared))?;
+            }
         }
         let at = self.end - self.segment;
         if let Err(e) = self.file.write_all_at(&record, at) {
@@ -263,6 +270,7 @@ impl Wal {
         let written = self.end - self.segment;
         let prepared = self.file_len > written;
         if self.next.is_none()
+            && self.end >= self.prepare_from
             && ((prepared && written >= self.segment_bytes / 2)
                 || (!prepared && written >= PREPARE_AFTER.min(self.segment_bytes / 2)))
         {
@@ -274,20 +282,25 @@ impl Wal {
         Ok(())
     }
 
-    /// Closes the current segment and goes on in the next: the prepared one if there is one
-    /// (waiting for it if need be), else a new growing file.
-    fn roll(&mut self) -> io::Result<()> {
-        // The old segment must be whole on disk before a new one can count.
-        self.sync()?;
-        let prepared = match self.next.take().map(Preparing::wait) {
-            Some(Ok(prepared)) => Some(prepared),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "preparing a log segment failed; the next one grows as it is written");
+    /// The next segment, once prepared (waiting for it if need be); `None` if none was being
+    /// prepared or preparing it failed (then it is tried again a segment's worth later).
+    fn take_prepared(&mut self) -> Option<(File, u64)> {
+        match self.next.take().map(Preparing::wait)? {
+            Ok(prepared) => Some(prepared),
+            Err(e) => {
+                tracing::warn!(error = %e, "preparing a log segment failed; the log goes on in segments that grow as they are written");
                 let _ = std::fs::remove_file(self.dir.join(PREPARED));
+                self.prepare_from = self.end + self.segment_bytes;
                 None
             }
-            None => None,
-        };
+        }
+    }
+
+    /// Closes the current segment and goes on in the next: `prepared` if given, else a new
+    /// growing file.
+    fn roll(&mut self, prepared: Option<(File, u64)>) -> io::Result<()> {
+        // The old segment must be whole on disk before a new one can count.
+        self.sync()?;
         let (file, len) = match prepared {
             Some((file, len)) => {
                 std::fs::rename(
@@ -764,6 +777,36 @@ mod tests {
         let (seen, _) = replayed(dir.path(), 0);
         assert_eq!(seen.len(), 31);
         assert_eq!(seen[30], (30 * record, vec![30; 100]));
+    }
+
+    /// When the next segment cannot be prepared (here its file cannot be made), the log goes
+    /// on in segments that grow as they are written, and nothing is lost.
+    #[test]
+    fn a_segment_that_cannot_be_prepared_grows_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut wal) = replayed(dir.path(), 0);
+        wal.segment_bytes = 200;
+        std::fs::create_dir(dir.path().join(PREPARED)).unwrap();
+        for i in 1..=12u8 {
+            wal.append(&[i; 60]).unwrap();
+            settle(&wal);
+        }
+        wal.sync().unwrap();
+        // Rolled over once full, three records each, with no zeros and no early roll.
+        let record = HEADER as u64 + 60;
+        let starts = segments(dir.path()).unwrap();
+        assert_eq!(starts, [0, 3 * record, 6 * record, 9 * record]);
+        for start in &starts {
+            let len = std::fs::metadata(dir.path().join(segment_name(*start)))
+                .unwrap()
+                .len();
+            assert_eq!(len, 3 * record);
+        }
+        drop(wal);
+        std::fs::remove_dir(dir.path().join(PREPARED)).unwrap();
+        let (seen, _) = replayed(dir.path(), 0);
+        let firsts: Vec<u8> = seen.iter().map(|(_, p)| p[0]).collect();
+        assert_eq!(firsts, (1..=12).collect::<Vec<u8>>());
     }
 
     /// What a crash leaves after the last whole record of a prepared segment (here half a
