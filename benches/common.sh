@@ -1,9 +1,13 @@
 # What the benchmark scripts share; sourced from the repository's root, never run by itself.
 # Servers are pinned to core 0, the load tool to core 1.
 
-# Sets herald_bin (HERALD, or this tree's release build) and LOAD (or this tree's load tool).
+# Sets herald_bin (HERALD, or this tree's release build), builds (BEFORE, when given, then
+# herald_bin: the builds a before/after measures in every round) and LOAD (or this tree's load
+# tool).
 herald_and_load() {
   herald_bin=${HERALD:-target/release/herald}
+  builds=("$herald_bin")
+  [ -z "${BEFORE:-}" ] || builds=("$BEFORE" "$herald_bin")
   [ -n "${HERALD:-}" ] || cargo build --release --quiet
   if [ -z "${LOAD:-}" ]; then
     cargo bench --bench load --no-run --quiet 2>/dev/null
@@ -18,6 +22,9 @@ floor_build() {
 }
 
 load() { taskset -c 1 "$LOAD" --bench "$@"; }
+
+# Joins a command's output lines into one.
+one_line() { tr '\n' ' '; echo; }
 
 # Installs Debian's packages named, unless each command or file named before them is there:
 #   need <command-or-path>... -- <package>...

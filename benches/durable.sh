@@ -18,7 +18,6 @@ source benches/common.sh
 need /usr/lib/nginx/modules/ngx_nchan_module.so openssl redis-benchmark -- nginx libnginx-mod-nchan openssl redis-server redis-tools
 herald_and_load
 floor_build
-one_line() { tr '\n' ' '; echo; }
 
 work=$(mktemp -d)
 trap 'redis-cli -p 6391 shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
@@ -27,8 +26,6 @@ nchan_conf "$work"
 
 fanout="--subscribers 200 --rate 250 --seconds 10"
 data=$(printf 'x%.0s' $(seq 100))
-builds=("$herald_bin")
-[ -z "${BEFORE:-}" ] || builds=("$BEFORE" "$herald_bin")
 for round in $(seq "$rounds"); do
   echo "== round $round"
   for bin in "${builds[@]}"; do

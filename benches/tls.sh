@@ -14,7 +14,6 @@ rounds=${1:-3}
 source benches/common.sh
 need /usr/lib/nginx/modules/ngx_nchan_module.so openssl -- nginx libnginx-mod-nchan openssl
 herald_and_load
-one_line() { tr '\n' ' '; echo; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -22,8 +21,6 @@ self_signed "$work"
 nchan_conf "$work"
 
 fanout="--subscribers 200 --rate 250 --seconds 10"
-builds=("$herald_bin")
-[ -z "${BEFORE:-}" ] || builds=("$BEFORE" "$herald_bin")
 for round in $(seq "$rounds"); do
   echo "== round $round"
   for bin in "${builds[@]}"; do

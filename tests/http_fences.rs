@@ -177,6 +177,16 @@ fn address(server: &Server) -> String {
 }
 
 /// herald's flags: over TLS when `tls` is given, through hyper alone unless `direct`.
+/// Plain and over TLS, each with the direct SSE writer and with hyper's.
+fn every_way(tls: &Tls) -> [(Option<&Tls>, bool); 4] {
+    [
+        (None, true),
+        (None, false),
+        (Some(tls), true),
+        (Some(tls), false),
+    ]
+}
+
 fn flags(tls: Option<&Tls>, direct: bool) -> Vec<&str> {
     let mut flags: Vec<&str> = tls.map_or(Vec::new(), |tls| tls.flags().to_vec());
     if !direct {
@@ -188,12 +198,7 @@ fn flags(tls: Option<&Tls>, direct: bool) -> Vec<&str> {
 #[test]
 fn an_http11_request_without_one_host_is_a_400_on_both_writers() {
     let tls = Tls::new();
-    for (secure, direct) in [
-        (None, true),
-        (None, false),
-        (Some(&tls), true),
-        (Some(&tls), false),
-    ] {
+    for (secure, direct) in every_way(&tls) {
         let flags = flags(secure, direct);
         let server = Server::start(&flags);
         let address = address(&server);
@@ -274,12 +279,7 @@ fn subscribe_raw(address: &str, tls: Option<&Tls>, stream: &str) -> Box<dyn Conn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_takes_no_bytes_is_dropped_after_the_peer_timeout() {
     let tls = Tls::new();
-    for (secure, direct_sse) in [
-        (None, true),
-        (None, false),
-        (Some(&tls), true),
-        (Some(&tls), false),
-    ] {
+    for (secure, direct_sse) in every_way(&tls) {
         let (broker, address, shutdown, stop) = in_process(
             HttpOptions {
                 peer_timeout: Some(Duration::from_secs(1)),

@@ -88,6 +88,68 @@ impl State {
     }
 }
 
+/// One group's events as runs: per stream, its counters after the group and the run being
+/// filled; and the runs filled, to store.
+struct GroupRuns {
+    time: u64,
+    filled: Vec<(Vec<u8>, Vec<u8>)>,
+    touched: HashMap<StreamName, (StreamStats, RunWriter)>,
+}
+
+impl GroupRuns {
+    fn new(time: u64) -> GroupRuns {
+        GroupRuns {
+            time,
+            filled: Vec::new(),
+            touched: HashMap::new(),
+        }
+    }
+
+    /// Adds one event (ids ascending per stream); `known` holds each stream's counters before
+    /// the group.
+    fn push(
+        &mut self,
+        known: &BTreeMap<StreamName, StreamStats>,
+        stream: &StreamName,
+        id: EventId,
+        kind: Option<&EventType>,
+        data: &str,
+    ) {
+        let time = self.time;
+        let (stats, run) = self.touched.entry(stream.clone()).or_insert_with(|| {
+            let stats = known.get(stream).copied().unwrap_or_default();
+            (stats, RunWriter::new(time))
+        });
+        let kind = kind.map_or("", EventType::as_str);
+        if let Some((last, value)) = run.push(id, kind.as_bytes(), data.as_bytes()) {
+            self.filled.push((event_key(stream, last), value));
+        }
+        if stats.length == 0 {
+            stats.first_id = id;
+            stats.first_time = time;
+        }
+        stats.length += 1;
+        stats.last_id = id;
+    }
+
+    /// Closes every stream's run; returns every run to store.
+    fn finish(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        for (name, (_, run)) in &mut self.touched {
+            if let Some((last, value)) = run.finish() {
+                self.filled.push((event_key(name, last), value));
+            }
+        }
+        std::mem::take(&mut self.filled)
+    }
+
+    /// Each touched stream's counters after the group.
+    fn counters(self) -> impl Iterator<Item = (StreamName, StreamStats)> {
+        self.touched
+            .into_iter()
+            .map(|(name, (stats, _))| (name, stats))
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the log in `dir`. `cache_bytes` bounds sled's page cache. Only
     /// [`Store::sync`], [`Store::checkpoint`] and [`Store::close`] flush: sled's background
@@ -192,36 +254,31 @@ impl SledStore {
         group: crate::broker::engine::local::wal::Group,
     ) -> Result<usize, StoreError> {
         let mut st = self.state();
-        let mut batch = Batch::default();
-        let mut touched: HashMap<StreamName, (StreamStats, RunWriter)> = HashMap::new();
+        let mut runs = GroupRuns::new(group.time);
         let mut stored = 0;
         for event in &group.events {
-            let floor = st.floor(&event.stream);
-            let (stats, run) = touched.entry(event.stream.clone()).or_insert_with(|| {
-                let stats = st.stats.get(&event.stream).copied().unwrap_or_default();
-                (stats, RunWriter::new(group.time))
-            });
+            let before = st
+                .stats
+                .get(&event.stream)
+                .map_or(EventId::ZERO, |s| s.last_id);
             // Already stored (the counters count it), or of a life of the stream since deleted.
-            if event.id <= stats.last_id.max(floor) {
+            if event.id <= before.max(st.floor(&event.stream)) {
                 continue;
             }
-            let kind = event.kind.as_ref().map_or("", EventType::as_str);
-            if let Some((last, value)) = run.push(event.id, kind.as_bytes(), event.data.as_bytes())
-            {
-                batch.insert(event_key(&event.stream, last), value);
-            }
-            if stats.length == 0 {
-                stats.first_id = event.id;
-                stats.first_time = group.time;
-            }
-            stats.length += 1;
-            stats.last_id = event.id;
+            runs.push(
+                &st.stats,
+                &event.stream,
+                event.id,
+                event.kind.as_ref(),
+                &event.data,
+            );
             stored += 1;
         }
-        for (name, (stats, run)) in &mut touched {
-            if let Some((last, value)) = run.finish() {
-                batch.insert(event_key(name, last), value);
-            }
+        let mut batch = Batch::default();
+        for (key, value) in runs.finish() {
+            batch.insert(key, value);
+        }
+        for (name, (stats, _)) in &runs.touched {
             batch.insert(keyed(b'm', name), encode_stats(stats).to_vec());
         }
         // A key's answer is the same however often it is stored.
@@ -232,8 +289,7 @@ impl SledStore {
         let top = group.events.iter().map(|e| e.id.0).max().unwrap_or(0);
         st.next = st.next.max(top + 1);
         self.db.apply_batch(batch)?;
-        st.stats
-            .extend(touched.into_iter().map(|(name, (stats, _))| (name, stats)));
+        st.stats.extend(runs.counters());
         Ok(stored)
     }
 
@@ -260,33 +316,14 @@ impl SledStore {
             self.syncer.flush(&self.db)?;
             st.ceiling = ceiling;
         }
-        // Runs to store, then each touched stream's counters and the run being filled.
-        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut touched: HashMap<StreamName, (StreamStats, RunWriter)> = HashMap::new();
+        let mut runs = GroupRuns::new(time);
         let mut appended = Vec::with_capacity(events.len());
         for (offset, new) in events.into_iter().enumerate() {
             let id = EventId(st.next + offset as u64);
-            let (stats, run) = touched.entry(new.stream.clone()).or_insert_with(|| {
-                let stats = st.stats.get(&new.stream).copied().unwrap_or_default();
-                (stats, RunWriter::new(time))
-            });
-            let kind = new.kind.as_ref().map_or("", EventType::as_str);
-            if let Some((last, value)) = run.push(id, kind.as_bytes(), new.data.as_bytes()) {
-                writes.push((event_key(&new.stream, last), value));
-            }
-            if stats.length == 0 {
-                stats.first_id = id;
-                stats.first_time = time;
-            }
-            stats.length += 1;
-            stats.last_id = id;
+            runs.push(&st.stats, &new.stream, id, new.kind.as_ref(), &new.data);
             appended.push(Event::new(id, new.stream, new.kind, new.data, time));
         }
-        for (name, (_, run)) in &mut touched {
-            if let Some((last, value)) = run.finish() {
-                writes.push((event_key(name, last), value));
-            }
-        }
+        let mut writes = runs.finish();
         // Each keyed request's answer, stored with its events.
         for (key, receipts) in keyed_answers(shape, &appended) {
             writes.push((answer_key(&key), encode_answer(time, &receipts)));
@@ -305,26 +342,25 @@ impl SledStore {
         // two extra writes of its io buffer: BENCHMARKS.md, "Publish, durable".)
         // (A keyed request's answer is two more writes: a batch then, so it is never stored
         // without its events or they without it.)
-        let plain = writes.len() == touched.len()
-            && (one_stream_each || touched.len() == 1)
-            && touched.keys().all(|name| st.stats.contains_key(name));
+        let plain = writes.len() == runs.touched.len()
+            && (one_stream_each || runs.touched.len() == 1)
+            && runs.touched.keys().all(|name| st.stats.contains_key(name));
         if plain {
             for (key, value) in writes {
                 self.db.insert(key, value)?;
             }
-            st.dirty.extend(touched.keys().cloned());
+            st.dirty.extend(runs.touched.keys().cloned());
         } else {
             let mut batch = Batch::default();
             for (key, value) in writes {
                 batch.insert(key, value);
             }
-            for (name, (stats, _)) in &touched {
+            for (name, (stats, _)) in &runs.touched {
                 batch.insert(keyed(b'm', name), encode_stats(stats).to_vec());
             }
             self.db.apply_batch(batch)?;
         }
-        st.stats
-            .extend(touched.into_iter().map(|(name, (stats, _))| (name, stats)));
+        st.stats.extend(runs.counters());
         Ok(appended)
     }
 
