@@ -2,7 +2,7 @@
 //! Useful for tests, demos and deployments where history only needs to outlive a reconnect.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::store::{
     by_name, flatten, keyed_answers, page_of, Answered, Request, Store, StoreError, TrimOutcome,
@@ -92,11 +92,16 @@ impl Inner {
 }
 
 impl Store for MemoryStore {
-    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
-        self.write_lock().append(events, time)
+    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Arc<Event>>, StoreError> {
+        let appended = self.write_lock().append(events, time)?;
+        Ok(appended.into_iter().map(Arc::new).collect())
     }
 
-    fn append_group(&self, requests: Vec<Request>, time: u64) -> Result<Vec<Event>, StoreError> {
+    fn append_group(
+        &self,
+        requests: Vec<Request>,
+        time: u64,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
         let (events, shape) = flatten(requests);
         let mut inner = self.write_lock();
         let appended = inner.append(events, time)?;
@@ -109,7 +114,7 @@ impl Store for MemoryStore {
             }
             inner.answered_by_time.insert((time, key));
         }
-        Ok(appended)
+        Ok(appended.into_iter().map(Arc::new).collect())
     }
 
     fn answered(&self, key: &IdempotencyKey) -> Result<Option<Answered>, StoreError> {

@@ -8,8 +8,10 @@
 pub use super::memory::MemoryStore;
 pub use super::sled::SledStore;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::broker::engine::{
     IdempotencyKey, ListQuery, Receipt, Retention, StreamSettings, StreamStats,
@@ -133,9 +135,9 @@ pub(crate) fn flatten(
 }
 
 /// The keyed requests of a group and where their events went, for the stores to keep.
-pub(crate) fn keyed_answers(
+pub(crate) fn keyed_answers<E: Borrow<Event>>(
     shape: &[(usize, Option<IdempotencyKey>)],
-    appended: &[Event],
+    appended: &[E],
 ) -> Vec<(IdempotencyKey, Vec<Receipt>)> {
     let mut answers = Vec::new();
     let mut rest = appended;
@@ -145,15 +147,29 @@ pub(crate) fn keyed_answers(
         if let Some(key) = key {
             let receipts = mine
                 .iter()
-                .map(|e| Receipt {
-                    id: e.id,
-                    stream: e.stream.clone(),
+                .map(|e| {
+                    let e = e.borrow();
+                    Receipt {
+                        id: e.id,
+                        stream: e.stream.clone(),
+                    }
                 })
                 .collect();
             answers.push((key.clone(), receipts));
         }
     }
     answers
+}
+
+/// How much a store holds pending, not yet written in its own form (see [`Store::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    /// Not worth a settle of its own yet.
+    Low,
+    /// Worth a settle: ask for one, off the acknowledgement path.
+    Due,
+    /// So much that appends should wait for a settle: whatever settles has fallen behind.
+    Full,
 }
 
 /// What one call to [`Store::trim`] did.
@@ -166,15 +182,33 @@ pub struct TrimOutcome {
 
 pub trait Store: Send + Sync + 'static {
     /// Appends events in order, giving each the next id and the time `time`. All or nothing.
-    /// Appended events may be read back at once; they are durable only after [`Store::sync`].
-    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError>;
+    /// Appended events may be read back at once; they are durable only after [`Store::sync`]
+    /// (or, behind a write-ahead log, once the log is synced).
+    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Arc<Event>>, StoreError>;
 
     /// Appends several independent requests' events, in order, as one group: ids as if their
     /// events were one [`Store::append`]. Each request is all or nothing, and a request's key
     /// (if it has one) is stored with its events, as atomically, with where they went; after a
     /// crash before [`Store::sync`], a store may keep some of the group's requests and not others
     /// (none was acknowledged yet).
-    fn append_group(&self, requests: Vec<Request>, time: u64) -> Result<Vec<Event>, StoreError>;
+    fn append_group(
+        &self,
+        requests: Vec<Request>,
+        time: u64,
+    ) -> Result<Vec<Arc<Event>>, StoreError>;
+
+    /// Stores what appends left pending. A store may keep appended events in memory (readable
+    /// at once, and durable by the write-ahead log) and write them in bulk here.
+    /// [`Store::sync`], [`Store::checkpoint`], [`Store::trim`], [`Store::delete`] and
+    /// [`Store::close`] settle first by themselves. May run beside appends, from another thread.
+    fn settle(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// How much is pending, against what is worth a settle.
+    fn backlog(&self) -> Backlog {
+        Backlog::Low
+    }
 
     /// What a request with this key was answered, and when, if the store still holds it.
     fn answered(&self, key: &IdempotencyKey) -> Result<Option<Answered>, StoreError>;
@@ -290,8 +324,8 @@ mod store_tests {
     use super::*;
     use crate::broker::event::EventType;
 
-    fn ids(events: &[Event]) -> Vec<u64> {
-        events.iter().map(|e| e.id.0).collect()
+    fn ids<E: Borrow<Event>>(events: &[E]) -> Vec<u64> {
+        events.iter().map(|e| e.borrow().id.0).collect()
     }
 
     fn exercise_store(log: &dyn Store) {
@@ -455,12 +489,13 @@ mod store_tests {
             .collect()
     }
 
-    fn seen(events: Vec<Event>) -> Vec<Seen> {
+    fn seen<E: Borrow<Event>>(events: Vec<E>) -> Vec<Seen> {
         events
-            .into_iter()
+            .iter()
             .map(|e| {
+                let e = e.borrow();
                 let kind = e.kind.as_ref().map(|k| k.as_str().to_owned());
-                (e.id.0, e.stream.to_string(), kind, e.data, e.time)
+                (e.id.0, e.stream.to_string(), kind, e.data.clone(), e.time)
             })
             .collect()
     }
@@ -506,6 +541,7 @@ mod store_tests {
                         "round {round}"
                     );
                 }
+                5 | 6 => sled.settle().unwrap(),
                 4 => {
                     while sled.purge(rng.usize(1..5)).unwrap() {}
                     sled.close().unwrap();

@@ -17,6 +17,7 @@
 //! blocks the file already has and its sync flushes only data (a length of zero ends the log,
 //! as it does in a segment not yet written to the end).
 
+use std::borrow::Borrow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -384,11 +385,12 @@ impl Group {
     pub(crate) fn encode(
         time: u64,
         shape: &[(usize, Option<IdempotencyKey>)],
-        events: &[Event],
+        events: &[impl Borrow<Event>],
     ) -> Vec<u8> {
         let size: usize = events
             .iter()
             .map(|e| {
+                let e = e.borrow();
                 22 + e.stream.as_str().len()
                     + e.data.len()
                     + e.kind.as_ref().map_or(0, |k| k.as_str().len())
@@ -403,6 +405,7 @@ impl Group {
         }
         out.extend_from_slice(&(events.len() as u32).to_le_bytes());
         for event in events {
+            let event = event.borrow();
             out.extend_from_slice(&event.id.0.to_le_bytes());
             put_str(&mut out, event.stream.as_str());
             put_str(&mut out, event.kind.as_ref().map_or("", EventType::as_str));

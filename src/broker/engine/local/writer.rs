@@ -25,7 +25,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
 use super::schedule::TrimSchedule;
-use super::store::{self as store, Store, StoreError};
+use super::store::{self as store, Backlog, Store, StoreError};
 use super::tail::{Positions, TailHub};
 use super::wal::{Group, Wal};
 use crate::broker::engine::{
@@ -199,9 +199,8 @@ impl Writer {
                 let end = wal.end();
                 if end - checkpointed >= CHECKPOINT_BYTES || Instant::now() >= next_checkpoint {
                     next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
-                    if end != checkpointed {
+                    if end != checkpointed && checkpoints.request(end) {
                         checkpointed = end;
-                        checkpoints.request(end);
                     }
                 }
             }
@@ -308,7 +307,7 @@ impl Writer {
             Ok(events)
         });
         let events: Vec<Arc<Event>> = match appended {
-            Ok(events) => events.into_iter().map(Arc::new).collect(),
+            Ok(events) => events,
             Err(e) => {
                 tracing::error!(error = %e, "append failed; the group is refused");
                 let e = EngineError::store(e);
@@ -347,6 +346,19 @@ impl Writer {
             replies,
             changed: None,
         });
+        // The store's bulk write of what is pending: on the checkpoint thread, off the
+        // acknowledgement path; here, holding up the next group, only when that thread has
+        // fallen far behind (so pending events stay bounded).
+        match (self.store.backlog(), &self.checkpoints) {
+            (Backlog::Low, _) => {}
+            (Backlog::Due, Some(checkpoints)) => checkpoints.settle(),
+            (Backlog::Due, None) | (Backlog::Full, _) => {
+                if let Err(e) = self.store.settle() {
+                    tracing::error!(error = %e, "storing pending events failed; nothing more is acknowledged");
+                    self.failed.store(true, Ordering::Release);
+                }
+            }
+        }
     }
 
     /// Answers the requests whose key was answered within the window (nothing is stored for
@@ -538,13 +550,23 @@ impl Writer {
     }
 }
 
-/// The thread that flushes the store at checkpoints, beside the writer: the writer hands it the
-/// write-ahead log position its inserts have reached and goes on; the thread records it in the
-/// store, flushes, and then forgets the log's segments before the checkpoint before (one
-/// checkpoint's records are kept beyond what the store holds).
+/// The thread beside the writer that does the store's own writing, off the acknowledgement
+/// path:
+/// - **settles**: stores in bulk what appends left pending (asked for when enough is);
+/// - **checkpoints**: the writer hands it the write-ahead log position its appends have reached
+///   and goes on; the thread settles, records the position in the store, flushes, and then
+///   forgets the log's segments before the checkpoint before (one checkpoint's records are kept
+///   beyond what the store holds).
 pub(crate) struct Checkpointer {
-    positions: std::sync::mpsc::SyncSender<u64>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    /// A settle is asked for and not begun: the writer does not ask again.
+    settle_asked: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
+}
+
+enum Job {
+    Settle,
+    Checkpoint(u64),
 }
 
 impl Checkpointer {
@@ -553,14 +575,27 @@ impl Checkpointer {
         wal_dir: std::path::PathBuf,
         failed: Arc<AtomicBool>,
     ) -> std::io::Result<Checkpointer> {
-        // Room for one: a checkpoint asked for while one runs waits for it; more are dropped
-        // (the next one covers them).
-        let (positions, asked) = std::sync::mpsc::sync_channel::<u64>(1);
+        // Room for a checkpoint and a settle: one asked for while one runs waits for it; more
+        // are dropped (the next one covers them; a checkpoint settles too).
+        let (jobs, asked) = std::sync::mpsc::sync_channel::<Job>(2);
+        let settle_asked = Arc::new(AtomicBool::new(false));
+        let settling = settle_asked.clone();
         let thread = std::thread::Builder::new()
             .name("herald-checkpoint".into())
             .spawn(move || {
                 let mut previous: Option<u64> = None;
-                for position in asked {
+                for job in asked {
+                    let position = match job {
+                        Job::Settle => {
+                            settling.store(false, Ordering::Release);
+                            if let Err(e) = store.settle() {
+                                tracing::error!(error = %e, "storing pending events failed; nothing more is acknowledged");
+                                failed.store(true, Ordering::Release);
+                            }
+                            continue;
+                        }
+                        Job::Checkpoint(position) => position,
+                    };
                     if let Err(e) = store.checkpoint(position) {
                         tracing::error!(error = %e, "a checkpoint failed; nothing more is acknowledged");
                         failed.store(true, Ordering::Release);
@@ -573,16 +608,30 @@ impl Checkpointer {
                     }
                 }
             })?;
-        Ok(Checkpointer { positions, thread })
+        Ok(Checkpointer {
+            jobs,
+            settle_asked,
+            thread,
+        })
     }
 
-    fn request(&self, position: u64) {
-        let _ = self.positions.try_send(position);
+    /// Asks for a checkpoint at `position`; false if one is already waiting to be taken.
+    fn request(&self, position: u64) -> bool {
+        self.jobs.try_send(Job::Checkpoint(position)).is_ok()
     }
 
-    /// Lets the thread finish the checkpoint it is taking, and end.
+    /// Asks for a settle, unless one is asked for already.
+    fn settle(&self) {
+        if !self.settle_asked.swap(true, Ordering::AcqRel)
+            && self.jobs.try_send(Job::Settle).is_err()
+        {
+            self.settle_asked.store(false, Ordering::Release);
+        }
+    }
+
+    /// Lets the thread finish the job it is doing, and end.
     fn stop(self) {
-        drop(self.positions);
+        drop(self.jobs);
         let _ = self.thread.join();
     }
 }

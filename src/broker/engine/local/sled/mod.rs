@@ -1,19 +1,23 @@
-//! The log on sled, in one tree. A request's events are all or nothing after a crash: an append
-//! is one atomic `apply_batch` of its runs and its streams' counters, or — when each request lies
-//! whole in one run of a stream that already has counters, the common case — plain inserts of
-//! the runs then the counters, the counters caught up at the next opening if a crash fell
-//! between them. New ids are reserved durably before use.
+//! The log on sled, in one tree. An append gives events their ids and counts them, and leaves
+//! them *pending*: in memory, readable at once (`pending.rs`), while the write-ahead log beside
+//! sled is what makes them durable. A *settle* (on the checkpoint thread, once enough is
+//! pending, and before every checkpoint, sync, trim, delete and close) stores everything pending
+//! as one atomic `apply_batch`: the runs, the touched streams' counters, the keys' answers. So
+//! counters never run ahead of the runs they count, and no request is ever half stored. New ids
+//! are reserved durably before use.
 //!
-//! Here: the store (open, append, read, trim, delete, purge) and crash recovery. `keys.rs` is the
-//! key layout and the small records' codecs, `runs.rs` the run records that hold events, and
-//! `durability.rs` what makes a flush survive a power cut.
+//! Here: the store (open, append, settle, read, trim, delete, purge) and crash recovery.
+//! `keys.rs` is the key layout and the small records' codecs, `runs.rs` the run records that hold
+//! events, `pending.rs` what is not settled yet, and `durability.rs` what makes a flush survive a
+//! power cut.
 //!
 //! Ids: `s` holds the id ceiling — ids up to it may have been handed out. Ids are reserved in
 //! blocks and the ceiling is fsync'd *before* any id above the old one is used, so after a crash
 //! the next id is above every id anyone may have seen, even when publishing without per-event
 //! fsync. A clean close lowers the ceiling to the last id used, so restarts do not burn ids. `k`
 //! is present only while the log is closed after a clean stop; opening without it (after a crash)
-//! first counts any runs stored past a stream's counters.
+//! first counts any runs stored past a stream's counters (which older versions, storing runs and
+//! counters in two inserts, could leave).
 //!
 //! Durability: every flush is sled's flush, then the blob files sled leaves unsynced, then an
 //! `fdatasync` of sled's log (`durability.rs`); sled's own periodic flusher (`--flush-interval`)
@@ -22,12 +26,13 @@
 
 mod durability;
 mod keys;
+mod pending;
 mod runs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sled::{Batch, Db};
 
@@ -37,10 +42,12 @@ use self::keys::{
     encode_answer, encode_settings, encode_stats, event_key, keyed, load, parse_answer_time_key,
     read_u64, runs_from,
 };
+use self::pending::{Pending, Settled};
 use self::runs::{Run, RunWriter};
 
 use super::store::{
-    by_name, flatten, keyed_answers, page_of, Answered, Request, Store, StoreError, TrimOutcome,
+    by_name, flatten, keyed_answers, page_of, Answered, Backlog, Request, Store, StoreError,
+    TrimOutcome,
 };
 use crate::broker::engine::{IdempotencyKey, ListQuery, Retention, StreamSettings, StreamStats};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
@@ -63,6 +70,8 @@ pub struct SledStore {
     /// What makes a flush durable (see the module docs).
     syncer: Syncer,
     state: Mutex<State>,
+    /// Held through a settle, so that two never store the same pending events.
+    settling: Mutex<()>,
 }
 
 struct State {
@@ -76,10 +85,8 @@ struct State {
     /// Deletes since opening. Readers walk sled without the lock: one that sees this change
     /// while it reads may have passed events of a deleted life, and reads again.
     deletes: u64,
-    /// Streams whose counters changed since they were last stored: an append to a stream that
-    /// already has counters on disk stores only its run, and the counters follow at the next
-    /// sync (after a crash, `open` counts the runs past them, as it always could).
-    dirty: std::collections::HashSet<StreamName>,
+    /// Appended, counted, readable, and not in sled yet (`pending.rs`).
+    pending: Pending,
 }
 
 impl State {
@@ -88,65 +95,60 @@ impl State {
     }
 }
 
-/// One group's events as runs: per stream, its counters after the group and the run being
-/// filled; and the runs filled, to store.
-struct GroupRuns {
-    time: u64,
-    filled: Vec<(Vec<u8>, Vec<u8>)>,
-    touched: HashMap<StreamName, (StreamStats, RunWriter)>,
+/// Counts an event appended to a stream (ids ascending per stream) in its counters.
+fn count(stats: &mut StreamStats, id: EventId, time: u64) {
+    if stats.length == 0 {
+        stats.first_id = id;
+        stats.first_time = time;
+    }
+    stats.length += 1;
+    stats.last_id = id;
 }
 
-impl GroupRuns {
-    fn new(time: u64) -> GroupRuns {
-        GroupRuns {
-            time,
-            filled: Vec::new(),
-            touched: HashMap::new(),
-        }
-    }
+/// Events as runs, per stream, in id order: a run holds one stream's events of one time.
+#[derive(Default)]
+struct Runs {
+    filled: Vec<(Vec<u8>, Vec<u8>)>,
+    open: HashMap<StreamName, RunWriter>,
+}
 
-    /// Adds one event (ids ascending per stream); `known` holds each stream's counters before
-    /// the group.
+impl Runs {
+    /// Adds one event (ids ascending per stream).
     fn push(
         &mut self,
-        known: &BTreeMap<StreamName, StreamStats>,
         stream: &StreamName,
         id: EventId,
+        time: u64,
         kind: Option<&EventType>,
         data: &str,
     ) {
-        let time = self.time;
-        let (stats, run) = self.touched.entry(stream.clone()).or_insert_with(|| {
-            let stats = known.get(stream).copied().unwrap_or_default();
-            (stats, RunWriter::new(time))
-        });
+        let run = match self.open.get_mut(stream) {
+            Some(run) => run,
+            None => self
+                .open
+                .entry(stream.clone())
+                .or_insert(RunWriter::new(time)),
+        };
+        if run.time() != time {
+            if let Some((last, value)) = run.finish() {
+                self.filled.push((event_key(stream, last), value));
+            }
+            *run = RunWriter::new(time);
+        }
         let kind = kind.map_or("", EventType::as_str);
         if let Some((last, value)) = run.push(id, kind.as_bytes(), data.as_bytes()) {
             self.filled.push((event_key(stream, last), value));
         }
-        if stats.length == 0 {
-            stats.first_id = id;
-            stats.first_time = time;
-        }
-        stats.length += 1;
-        stats.last_id = id;
     }
 
     /// Closes every stream's run; returns every run to store.
-    fn finish(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        for (name, (_, run)) in &mut self.touched {
+    fn finish(mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        for (name, run) in &mut self.open {
             if let Some((last, value)) = run.finish() {
                 self.filled.push((event_key(name, last), value));
             }
         }
-        std::mem::take(&mut self.filled)
-    }
-
-    /// Each touched stream's counters after the group.
-    fn counters(self) -> impl Iterator<Item = (StreamName, StreamStats)> {
-        self.touched
-            .into_iter()
-            .map(|(name, (stats, _))| (name, stats))
+        self.filled
     }
 }
 
@@ -218,23 +220,10 @@ impl SledStore {
                 settings,
                 floors,
                 deletes: 0,
-                dirty: Default::default(),
+                pending: Pending::default(),
             }),
+            settling: Mutex::new(()),
         })
-    }
-
-    /// Stores the counters that changed since they were last stored. Under the lock, so that
-    /// nothing the writer stores meanwhile (a trim's counters) is overwritten by older ones.
-    fn store_counters(&self) -> Result<(), StoreError> {
-        let mut st = self.state();
-        let dirty = std::mem::take(&mut st.dirty);
-        for name in dirty {
-            if let Some(stats) = st.stats.get(&name) {
-                self.db
-                    .insert(keyed(b'm', &name), encode_stats(stats).to_vec())?;
-            }
-        }
-        Ok(())
     }
 
     /// The write-ahead log position recorded at the last checkpoint (0: none yet).
@@ -254,7 +243,8 @@ impl SledStore {
         group: crate::broker::engine::local::wal::Group,
     ) -> Result<usize, StoreError> {
         let mut st = self.state();
-        let mut runs = GroupRuns::new(group.time);
+        let mut runs = Runs::default();
+        let mut counters: HashMap<StreamName, StreamStats> = HashMap::new();
         let mut stored = 0;
         for event in &group.events {
             let before = st
@@ -266,19 +256,23 @@ impl SledStore {
                 continue;
             }
             runs.push(
-                &st.stats,
                 &event.stream,
                 event.id,
+                group.time,
                 event.kind.as_ref(),
                 &event.data,
             );
+            let stats = counters
+                .entry(event.stream.clone())
+                .or_insert_with(|| st.stats.get(&event.stream).copied().unwrap_or_default());
+            count(stats, event.id, group.time);
             stored += 1;
         }
         let mut batch = Batch::default();
         for (key, value) in runs.finish() {
             batch.insert(key, value);
         }
-        for (name, (stats, _)) in &runs.touched {
+        for (name, stats) in &counters {
             batch.insert(keyed(b'm', name), encode_stats(stats).to_vec());
         }
         // A key's answer is the same however often it is stored.
@@ -289,19 +283,18 @@ impl SledStore {
         let top = group.events.iter().map(|e| e.id.0).max().unwrap_or(0);
         st.next = st.next.max(top + 1);
         self.db.apply_batch(batch)?;
-        st.stats.extend(runs.counters());
+        st.stats.extend(counters);
         Ok(stored)
     }
 
-    /// Appends `events` as runs. `one_stream_each`: the events come from requests that each
-    /// name one stream, so a run never splits a request.
-    fn append_runs(
+    /// Gives `events` their ids and counts them; they stay pending (readable, not yet in sled)
+    /// until the next settle. `shape`: each request's size and key, for the keys' answers.
+    fn append_pending(
         &self,
         events: Vec<NewEvent>,
         time: u64,
-        one_stream_each: bool,
         shape: &[(usize, Option<IdempotencyKey>)],
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -316,52 +309,90 @@ impl SledStore {
             self.syncer.flush(&self.db)?;
             st.ceiling = ceiling;
         }
-        let mut runs = GroupRuns::new(time);
+        let st = &mut *st;
         let mut appended = Vec::with_capacity(events.len());
         for (offset, new) in events.into_iter().enumerate() {
             let id = EventId(st.next + offset as u64);
-            runs.push(&st.stats, &new.stream, id, new.kind.as_ref(), &new.data);
-            appended.push(Event::new(id, new.stream, new.kind, new.data, time));
+            match st.stats.get_mut(&new.stream) {
+                Some(stats) => count(stats, id, time),
+                None => count(st.stats.entry(new.stream.clone()).or_default(), id, time),
+            }
+            let event = Arc::new(Event::new(id, new.stream, new.kind, new.data, time));
+            st.pending.push(event.clone());
+            appended.push(event);
         }
-        let mut writes = runs.finish();
-        // Each keyed request's answer, stored with its events.
-        for (key, receipts) in keyed_answers(shape, &appended) {
-            writes.push((answer_key(&key), encode_answer(time, &receipts)));
-            writes.push((answer_time_key(time, &key), Vec::new()));
-        }
-        // These ids are used from here on, stored or not: an append that fails part-way must
-        // never let a later one reuse them.
         st.next = last + 1;
-        // When every request lies whole in one run (one run per stream, and each request names
-        // one stream, or there is only one stream) and every stream already has counters on
-        // disk: plain inserts, the runs first, then the counters. One insert is atomic, so each
-        // request is stored all or none; sled recovers a prefix of its log after a crash, so
-        // counters can only lag behind runs, and `open` catches them up after an unclean stop.
-        // Anything else is one atomic batch, so that a request split over runs is never half
-        // stored and a new stream's first run never lacks its counters. (Each sled batch costs
-        // two extra writes of its io buffer: BENCHMARKS.md, "Publish, durable".)
-        // (A keyed request's answer is two more writes: a batch then, so it is never stored
-        // without its events or they without it.)
-        let plain = writes.len() == runs.touched.len()
-            && (one_stream_each || runs.touched.len() == 1)
-            && runs.touched.keys().all(|name| st.stats.contains_key(name));
-        if plain {
-            for (key, value) in writes {
-                self.db.insert(key, value)?;
-            }
-            st.dirty.extend(runs.touched.keys().cloned());
-        } else {
-            let mut batch = Batch::default();
-            for (key, value) in writes {
-                batch.insert(key, value);
-            }
-            for (name, (stats, _)) in &runs.touched {
-                batch.insert(keyed(b'm', name), encode_stats(stats).to_vec());
-            }
-            self.db.apply_batch(batch)?;
+        for (key, receipts) in keyed_answers(shape, &appended) {
+            st.pending.answer(key, Answered { time, receipts });
         }
-        st.stats.extend(runs.counters());
         Ok(appended)
+    }
+
+    /// Stores what is pending in sled, in one atomic batch: the runs, each touched stream's
+    /// counters, the keys' answers. One settle at a time (`settling`), from any thread; appends
+    /// go on meanwhile and wait for the next.
+    fn settle_pending(&self) -> Result<(), StoreError> {
+        let _one = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock only long enough to take what is pending (shared events, not copies)
+        // and the counters that go with it: appends and reads go on while the batch is built.
+        let (streams, answers) = {
+            let st = self.state();
+            if st.pending.is_empty() {
+                return Ok(());
+            }
+            let streams: Vec<_> = st
+                .pending
+                .streams
+                .iter()
+                .map(|(stream, events)| {
+                    // The counters as they are now: what sled holds once this batch is in, as
+                    // nothing else changes a stream's events while appends are pending (a trim
+                    // or delete settles first).
+                    let stats = st.stats.get(stream).copied();
+                    (stream.clone(), events.clone(), stats)
+                })
+                .collect();
+            let answers: Vec<_> = st
+                .pending
+                .answers
+                .iter()
+                .map(|(key, answered)| (key.clone(), answered.clone()))
+                .collect();
+            (streams, answers)
+        };
+        let mut runs = Runs::default();
+        let mut batch = Batch::default();
+        let mut through = Vec::with_capacity(streams.len());
+        for (stream, events, stats) in streams {
+            for e in &events {
+                runs.push(&stream, e.id, e.time, e.kind.as_ref(), &e.data);
+            }
+            if let Some(stats) = stats {
+                batch.insert(keyed(b'm', &stream), encode_stats(&stats).to_vec());
+            }
+            if let Some(last) = events.last() {
+                through.push((stream, last.id));
+            }
+        }
+        for (key, value) in runs.finish() {
+            batch.insert(key, value);
+        }
+        let mut settled_answers = Vec::with_capacity(answers.len());
+        for (key, answered) in answers {
+            batch.insert(
+                answer_key(&key),
+                encode_answer(answered.time, &answered.receipts),
+            );
+            batch.insert(answer_time_key(answered.time, &key), Vec::new());
+            settled_answers.push((key, answered.time));
+        }
+        let settled = Settled {
+            through,
+            answers: settled_answers,
+        };
+        self.db.apply_batch(batch)?;
+        self.state().pending.settled(settled);
+        Ok(())
     }
 
     /// Runs a read with `stream`'s delete floor, again until no delete happened meanwhile.
@@ -461,19 +492,32 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
-        self.append_runs(events, time, false, &[])
+    fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Arc<Event>>, StoreError> {
+        self.append_pending(events, time, &[])
     }
 
-    fn append_group(&self, requests: Vec<Request>, time: u64) -> Result<Vec<Event>, StoreError> {
-        let one_stream_each = requests
-            .iter()
-            .all(|r| r.events.windows(2).all(|w| w[0].stream == w[1].stream));
+    fn append_group(
+        &self,
+        requests: Vec<Request>,
+        time: u64,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
         let (events, shape) = flatten(requests);
-        self.append_runs(events, time, one_stream_each, &shape)
+        self.append_pending(events, time, &shape)
+    }
+
+    fn settle(&self) -> Result<(), StoreError> {
+        self.settle_pending()
+    }
+
+    fn backlog(&self) -> Backlog {
+        self.state().pending.backlog()
     }
 
     fn answered(&self, key: &IdempotencyKey) -> Result<Option<Answered>, StoreError> {
+        // Pending first: a settle stores an answer before it lets go of it here.
+        if let Some(answered) = self.state().pending.answered(key) {
+            return Ok(Some(answered));
+        }
         self.db
             .get(answer_key(key))?
             .map(|bytes| decode_answer(&bytes))
@@ -501,12 +545,13 @@ impl Store for SledStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.store_counters()?;
+        self.settle_pending()?;
         self.syncer.flush(&self.db)
     }
 
     fn checkpoint(&self, wal_position: u64) -> Result<(), StoreError> {
-        self.store_counters()?;
+        // Everything appended before the log reached `wal_position` is pending or in sled.
+        self.settle_pending()?;
         self.db.insert(WAL_FLOOR_KEY, &wal_position.to_be_bytes())?;
         self.syncer.flush(&self.db)
     }
@@ -519,7 +564,20 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         self.unraced(stream, |floor| {
-            self.read_above(stream, after.max(floor), upto, limit)
+            let after = after.max(floor);
+            // Pending first, then sled below the first pending id (see `pending.rs`).
+            let (first, newer) = {
+                let st = self.state();
+                let pending = &st.pending;
+                (
+                    pending.first_id(stream),
+                    pending.read(stream, after, upto, limit),
+                )
+            };
+            let below = first.map_or(upto, |first| upto.min(EventId(first.0 - 1)));
+            let mut events = self.read_above(stream, after, below, limit)?;
+            events.extend(newer.into_iter().take(limit - events.len()));
+            Ok(events)
         })
     }
 
@@ -529,13 +587,35 @@ impl Store for SledStore {
         upto: EventId,
         n: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        self.unraced(stream, |floor| self.read_last_above(stream, floor, upto, n))
+        self.unraced(stream, |floor| {
+            let (first, newest) = {
+                let st = self.state();
+                let pending = &st.pending;
+                (
+                    pending.first_id(stream),
+                    pending.read_last(stream, floor, upto, n),
+                )
+            };
+            if newest.len() == n {
+                return Ok(newest);
+            }
+            let below = first.map_or(upto, |first| upto.min(EventId(first.0 - 1)));
+            let mut events = self.read_last_above(stream, floor, below, n - newest.len())?;
+            events.extend(newest);
+            Ok(events)
+        })
     }
 
     fn get(&self, stream: &StreamName, id: EventId) -> Result<Option<Event>, StoreError> {
         self.unraced(stream, |floor| {
             if id <= floor {
                 return Ok(None);
+            }
+            {
+                let st = self.state();
+                if st.pending.first_id(stream).is_some_and(|first| id >= first) {
+                    return Ok(st.pending.get(stream, id));
+                }
             }
             let Some(item) = runs_from(&self.db, stream, id).next() else {
                 return Ok(None);
@@ -558,6 +638,8 @@ impl Store for SledStore {
         now: u64,
         budget: usize,
     ) -> Result<TrimOutcome, StoreError> {
+        // A trim walks sled's runs, and stores counters: nothing may be pending.
+        self.settle_pending()?;
         let mut st = self.state();
         let Some(mut stats) = st.stats.get(stream).copied() else {
             return Ok(TrimOutcome::default());
@@ -647,6 +729,8 @@ impl Store for SledStore {
     }
 
     fn delete(&self, stream: &StreamName) -> Result<(), StoreError> {
+        // The life being deleted goes to sled whole, so that the floor and purge cover it.
+        self.settle_pending()?;
         let mut st = self.state();
         let floor = st
             .stats
@@ -718,7 +802,7 @@ impl Store for SledStore {
     }
 
     fn close(&self) -> Result<(), StoreError> {
-        self.store_counters()?;
+        self.settle_pending()?;
         let st = self.state();
         self.db.insert(SEQ_KEY, &(st.next - 1).to_be_bytes())?;
         self.db.insert(CLEAN_KEY, &[])?;
@@ -759,8 +843,9 @@ mod tests {
     use super::*;
     use crate::broker::engine::local::store::{new, open_sled};
 
-    /// What a crash between a single-run append's two inserts leaves: the run stored, the
-    /// stream's counters as they were before it. Reopening counts the run in.
+    /// What a crash between an older herald's two plain inserts (a run, then its stream's
+    /// counters) could leave: the run stored, the counters as they were before it. Reopening
+    /// counts the run in. (Settles store runs and counters in one batch.)
     #[test]
     fn counters_lagging_behind_their_runs_are_caught_up_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
@@ -782,16 +867,15 @@ mod tests {
             log.trim(&t, &everything, 20, 100).unwrap();
             let before = (log.stats(&s).unwrap(), log.stats(&t).unwrap());
             assert_eq!(before.1.length, 0);
-            // Single runs to known streams: plain inserts.
             log.append(vec![new("s", "4")], 30).unwrap();
             log.append(vec![new("s", "5"), new("s", "6")], 31).unwrap();
-            // A group of one-stream requests to two streams: plain inserts too.
             let request = |events| Request { events, key: None };
             log.append_group(
                 vec![request(vec![new("t", "7")]), request(vec![new("s", "8")])],
                 32,
             )
             .unwrap();
+            log.settle().unwrap();
             // The counters' inserts are lost in the crash; the runs are not.
             for (name, stats) in [(&s, &before.0), (&t, &before.1)] {
                 log.db
@@ -826,25 +910,45 @@ mod tests {
         assert_eq!((stats.length, stats.last_id), (7, next[0].id));
     }
 
-    /// A first append to a stream, or one spanning several runs or streams, is one sled batch.
+    /// Appends stay pending, readable, until a settle stores them: a stream's events of one
+    /// time as full runs, each touched stream's counters beside them.
     #[test]
-    fn appends_that_are_not_one_run_of_a_known_stream_store_counters_with_the_runs() {
+    fn a_settle_stores_pending_appends_as_full_runs_with_their_counters() {
         let dir = tempfile::tempdir().unwrap();
         let log = open_sled(dir.path());
+        let a = StreamName::new("a").unwrap();
+        let runs = |log: &SledStore| {
+            log.db
+                .scan_prefix(event_prefix(&a))
+                .filter_map(Result::ok)
+                .count()
+        };
         let big = "x".repeat(RUN_BYTES);
         let events = log
             .append(vec![new("a", &big), new("a", &big), new("b", "y")], 1)
             .unwrap();
         assert_eq!(events.len(), 3);
-        let a = StreamName::new("a").unwrap();
-        assert_eq!(log.stats(&a).unwrap().length, 2);
-        assert_eq!(log.read(&a, EventId(0), EventId(9), 9).unwrap().len(), 2);
-        let runs = log
-            .db
-            .scan_prefix(event_prefix(&a))
-            .filter_map(Result::ok)
-            .count();
-        assert_eq!(runs, 2, "an event of RUN_BYTES fills a run by itself");
+        // Ten appends of one small event each, at the same time: one run once settled.
+        for _ in 0..10 {
+            log.append(vec![new("a", "z")], 1).unwrap();
+        }
+        // One at a later time: a run of its own (a run holds events of one time).
+        log.append(vec![new("a", "later")], 2).unwrap();
+        assert_eq!(runs(&log), 0, "nothing in sled before the settle");
+        assert_eq!(log.stats(&a).unwrap().length, 13);
+        assert_eq!(log.read(&a, EventId(0), EventId(99), 99).unwrap().len(), 13);
+        log.settle().unwrap();
+        assert_eq!(
+            runs(&log),
+            4,
+            "each event of RUN_BYTES fills a run by itself; the ten small ones share one"
+        );
+        let stored = decode_stats(&log.db.get(keyed(b'm', &a)).unwrap().unwrap()).unwrap();
+        assert_eq!(Some(stored), log.stats(&a));
+        let read = log.read(&a, EventId(0), EventId(99), 99).unwrap();
+        assert_eq!(read.len(), 13);
+        assert_eq!(read[12].data, "later");
+        assert_eq!(read[12].time, 2);
     }
 
     /// sled's iterators are not snapshots. A reader that took the floor before a delete, and
@@ -858,6 +962,7 @@ mod tests {
         let a = StreamName::new("a").unwrap();
         log.append((0..50).map(|_| new("a", "old")).collect(), 0)
             .unwrap();
+        log.settle().unwrap();
         let passes = std::cell::Cell::new(0);
         let events = log
             .unraced(&a, |floor| {
@@ -869,6 +974,7 @@ mod tests {
                     while log.purge(8).unwrap() {}
                     log.append((0..50).map(|_| new("a", "new")).collect(), 0)
                         .unwrap();
+                    log.settle().unwrap();
                 }
                 // ... then, past them, whatever is there now.
                 let last = seen.last().map_or(floor, |e| e.id);
@@ -879,5 +985,58 @@ mod tests {
         assert_eq!(passes.get(), 2, "the raced pass was read again");
         assert_eq!(events.len(), 50);
         assert!(events.iter().all(|e| e.data == "new"), "one life only");
+    }
+
+    /// Reads while the writer appends and settles, from other threads: every read of a stream
+    /// up to its last id (as the counters say) returns every event to there, once, in order,
+    /// whether the events are pending, being settled, or in sled.
+    #[test]
+    fn reads_racing_settles_see_every_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(open_sled(dir.path()));
+        let a = StreamName::new("a").unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (log, a, done) = (log.clone(), a.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0;
+                    while !done.load(std::sync::atomic::Ordering::Acquire) {
+                        let Some(stats) = log.stats(&a) else {
+                            continue;
+                        };
+                        let last = stats.last_id.0;
+                        let all = log.read(&a, EventId(0), stats.last_id, usize::MAX).unwrap();
+                        let ids: Vec<u64> = all.iter().map(|e| e.id.0).collect();
+                        assert_eq!(ids, (1..=last).collect::<Vec<_>>());
+                        let newest = log.read_last(&a, stats.last_id, 50).unwrap();
+                        let ids: Vec<u64> = newest.iter().map(|e| e.id.0).collect();
+                        assert_eq!(
+                            ids,
+                            (last.saturating_sub(49).max(1)..=last).collect::<Vec<_>>()
+                        );
+                        let middle = EventId(last / 2 + 1);
+                        assert_eq!(log.get(&a, middle).unwrap().map(|e| e.id), Some(middle));
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for round in 0..3000u64 {
+            log.append((0..rng_len(round)).map(|_| new("a", "e")).collect(), round)
+                .unwrap();
+            if round % 7 == 0 {
+                log.settle().unwrap();
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        for reader in readers {
+            assert!(reader.join().unwrap() > 0, "the reader read");
+        }
+    }
+
+    fn rng_len(round: u64) -> usize {
+        1 + (round * 7919 % 13) as usize
     }
 }

@@ -43,6 +43,11 @@ impl RunWriter {
         }
     }
 
+    /// The time of the events it holds.
+    pub(super) fn time(&self) -> u64 {
+        self.time
+    }
+
     /// Adds an event. When it does not fit beside what the run already holds, the run so far is
     /// finished first and returned (its last id and value) for the caller to store.
     pub(super) fn push(
