@@ -363,6 +363,8 @@ impl SledStore {
         let mut runs = Runs::default();
         let mut batch = Batch::default();
         let mut through = Vec::with_capacity(streams.len());
+        // The events are freed with these, after the lock below: not while holding it.
+        let mut taken = Vec::with_capacity(streams.len());
         for (stream, events, stats) in streams {
             for e in &events {
                 runs.push(&stream, e.id, e.time, e.kind.as_ref(), &e.data);
@@ -373,6 +375,7 @@ impl SledStore {
             if let Some(last) = events.last() {
                 through.push((stream, last.id));
             }
+            taken.push(events);
         }
         for (key, value) in runs.finish() {
             batch.insert(key, value);
@@ -392,6 +395,7 @@ impl SledStore {
         };
         self.db.apply_batch(batch)?;
         self.state().pending.settled(settled);
+        drop(taken);
         Ok(())
     }
 

@@ -19,15 +19,15 @@ use crate::broker::engine::local::store::{Answered, Backlog};
 use crate::broker::engine::IdempotencyKey;
 use crate::broker::event::{Event, EventId, StreamName};
 
-/// Settle once this many events are pending, or this many bytes of their data. Enough for full
-/// runs (a run holds a stream's events of one millisecond, ~35 small ones at most), small
-/// enough that one settle disturbs the publishes beside it little: at 16 connections, 256
-/// events gave 26.2k POSTs/s (p99 1.8 ms), 1024 gave 26.7k (2.2 ms), 4096 gave 26.2k (2.9 ms)
-/// (BENCHMARKS.md, "Step 3").
-const SETTLE_EVENTS: usize = 1024;
-const SETTLE_BYTES: usize = 256 << 10;
+/// Settle once this many events are pending, or this many bytes of their data. A settle's
+/// cost is nearly all sled's, per event, so its size hardly moves throughput; but it takes the
+/// core for a while, which the publishes beside it wait out. Measured (`load publish`, same
+/// run): 256 events gave 25.2k / 36.0k POSTs/s at 16 / 64 connections with p99 1.9 / 3.9 ms,
+/// 1,024 gave 25.7k / 36.6k with p99 2.5 / 5.0 ms (BENCHMARKS.md, "Step 3").
+const SETTLE_EVENTS: usize = 256;
+const SETTLE_BYTES: usize = 64 << 10;
 /// Appends wait for a settle once this many times as much is pending: settles fall behind only
-/// when sled cannot keep up, and then pending memory stays bounded (4 MiB of data).
+/// when sled cannot keep up, and then pending memory stays bounded (1 MiB of data).
 const FULL: usize = 16;
 
 /// A reader's own copy of a pending event (the store's reads hand out events by value).
