@@ -115,8 +115,8 @@ impl LocalEngine {
         let head = Position::of_event(store.last_id());
         let tail = Arc::new(TailHub::new(head));
         let failed = Arc::new(AtomicBool::new(false));
-        // With the log, sled is flushed at checkpoints on a thread of its own, so publishers
-        // never wait for it.
+        // With the log, sled is written (settled) and flushed on a thread of its own, so
+        // publishers never wait for it, unless it falls far behind.
         let checkpoints = wal
             .as_ref()
             .map(|wal| Checkpointer::start(store.clone(), wal.dir().to_path_buf(), failed.clone()))
