@@ -2,10 +2,10 @@
 //! once, until a *settle* stores them in sled in one batch.
 //!
 //! Why: with the write-ahead log, sled no longer has to hold an event before it is acknowledged
-//! (the log does), so its inserts need not be on the acknowledgement path. Stored in bulk, a
-//! stream's events fill whole runs (one sled insert per ~35 small events, where a group of a few
-//! publishes stored a short run of its own), and the writer does one batch where it did one
-//! insert per group.
+//! (the log does), so its inserts need not be on the acknowledgement path. The checkpoint thread
+//! settles (the writer only when that thread has fallen far behind), and in bulk: a stream's
+//! events of one millisecond share a run, where each group of a few publishes stored a short run
+//! of its own (BENCHMARKS.md, "Step 3": durable POSTs +13 % at 16 connections, batches +13 %).
 //!
 //! Reads see pending events beside sled's: a stream's pending events are always its newest, so
 //! a read takes what is pending first, then asks sled only for what lies below the first pending
