@@ -23,7 +23,8 @@ use crate::broker::event::{Event, EventId, StreamName};
 /// cost is nearly all sled's, per event, so its size hardly moves throughput; but it takes the
 /// core for a while, which the publishes beside it wait out. Measured (`load publish`, same
 /// run): 256 events gave 25.2k / 36.0k POSTs/s at 16 / 64 connections with p99 1.9 / 3.9 ms,
-/// 1,024 gave 25.7k / 36.6k with p99 2.5 / 5.0 ms (BENCHMARKS.md, "Step 3").
+/// 1,024 gave 25.7k / 36.6k with p99 2.5 / 5.0 ms; in another run 128 gave 24.8k / 34.8k with
+/// p99 1.6 / 3.5 ms and 64 gave 23.7k / 32.4k with 1.5 / 3.2 ms (BENCHMARKS.md, "Step 3").
 const SETTLE_EVENTS: usize = 256;
 const SETTLE_BYTES: usize = 64 << 10;
 /// Appends wait for a settle once this many times as much is pending: settles fall behind only
