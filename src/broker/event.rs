@@ -181,6 +181,18 @@ impl Event {
         }
     }
 
+    /// An owned copy, for the reads that hand out events by value (without the encodings made so
+    /// far: the copy makes its own).
+    pub fn copy(&self) -> Event {
+        Event::new(
+            self.id,
+            self.stream.clone(),
+            self.kind.clone(),
+            self.data.clone(),
+            self.time,
+        )
+    }
+
     /// This event's bytes in `form`: made by `encode` the first time they are asked for, then
     /// shared (a clone of `Bytes` is a reference count).
     pub fn encoded(&self, form: Form, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {

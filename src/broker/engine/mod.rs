@@ -212,6 +212,18 @@ pub struct StreamStats {
     pub trimmed_through: EventId,
 }
 
+impl StreamStats {
+    /// Counts an event appended to the stream (ids ascending).
+    pub(crate) fn count(&mut self, id: EventId, time: u64) {
+        if self.length == 0 {
+            self.first_id = id;
+            self.first_time = time;
+        }
+        self.length += 1;
+        self.last_id = id;
+    }
+}
+
 /// What a stream keeps about itself besides its events; survives restarts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamSettings {

@@ -64,7 +64,7 @@ fn to_event(stream: &StreamName, id: u64, record: &Record) -> Event {
 }
 
 impl Inner {
-    fn append(&mut self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Event>, StoreError> {
+    fn append(&mut self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Arc<Event>>, StoreError> {
         self.last
             .checked_add(events.len() as u64)
             .ok_or(StoreError::IdsExhausted)?;
@@ -73,18 +73,13 @@ impl Inner {
             self.last += 1;
             let id = self.last;
             let stream = self.streams.entry(new.stream.clone()).or_default();
-            if stream.stats.length == 0 {
-                stream.stats.first_id = EventId(id);
-                stream.stats.first_time = time;
-            }
-            stream.stats.length += 1;
-            stream.stats.last_id = EventId(id);
+            stream.stats.count(EventId(id), time);
             let record = Record {
                 time,
                 kind: new.kind,
                 data: new.data,
             };
-            appended.push(to_event(&new.stream, id, &record));
+            appended.push(Arc::new(to_event(&new.stream, id, &record)));
             stream.events.insert(id, record);
         }
         Ok(appended)
@@ -93,8 +88,7 @@ impl Inner {
 
 impl Store for MemoryStore {
     fn append(&self, events: Vec<NewEvent>, time: u64) -> Result<Vec<Arc<Event>>, StoreError> {
-        let appended = self.write_lock().append(events, time)?;
-        Ok(appended.into_iter().map(Arc::new).collect())
+        self.write_lock().append(events, time)
     }
 
     fn append_group(
@@ -114,7 +108,7 @@ impl Store for MemoryStore {
             }
             inner.answered_by_time.insert((time, key));
         }
-        Ok(appended.into_iter().map(Arc::new).collect())
+        Ok(appended)
     }
 
     fn answered(&self, key: &IdempotencyKey) -> Result<Option<Answered>, StoreError> {

@@ -105,7 +105,7 @@ impl Hot {
                 .take_while(|e| e.id <= upto)
                 .filter(|e| e.stream == *stream)
                 .take(limit)
-                .map(|e| copy(e))
+                .map(|e| e.copy())
                 .collect(),
         )
     }
@@ -126,17 +126,6 @@ impl Run {
             self.bytes -= freed;
         }
     }
-}
-
-/// An owned copy of a held event (the engine's reads hand out owned events).
-fn copy(event: &Event) -> Event {
-    Event::new(
-        event.id,
-        event.stream.clone(),
-        event.kind.clone(),
-        event.data.clone(),
-        event.time,
-    )
 }
 
 #[cfg(test)]

@@ -49,7 +49,9 @@ use super::store::{
     by_name, flatten, keyed_answers, page_of, Answered, Backlog, Request, Store, StoreError,
     TrimOutcome,
 };
-use crate::broker::engine::{IdempotencyKey, ListQuery, Retention, StreamSettings, StreamStats};
+use crate::broker::engine::{
+    IdempotencyKey, ListQuery, Receipt, Retention, StreamSettings, StreamStats,
+};
 use crate::broker::event::{Event, EventId, EventType, NewEvent, StreamName};
 
 impl From<sled::Error> for StoreError {
@@ -95,14 +97,11 @@ impl State {
     }
 }
 
-/// Counts an event appended to a stream (ids ascending per stream) in its counters.
-fn count(stats: &mut StreamStats, id: EventId, time: u64) {
-    if stats.length == 0 {
-        stats.first_id = id;
-        stats.first_time = time;
-    }
-    stats.length += 1;
-    stats.last_id = id;
+/// Adds a key's answer to a batch: under the key, and the key under its time (so the oldest
+/// are forgotten first).
+fn insert_answer(batch: &mut Batch, key: &IdempotencyKey, time: u64, receipts: &[Receipt]) {
+    batch.insert(answer_key(key), encode_answer(time, receipts));
+    batch.insert(answer_time_key(time, key), Vec::new());
 }
 
 /// Events as runs, per stream, in id order: a run holds one stream's events of one time.
@@ -265,7 +264,7 @@ impl SledStore {
             let stats = counters
                 .entry(event.stream.clone())
                 .or_insert_with(|| st.stats.get(&event.stream).copied().unwrap_or_default());
-            count(stats, event.id, group.time);
+            stats.count(event.id, group.time);
             stored += 1;
         }
         let mut batch = Batch::default();
@@ -277,8 +276,7 @@ impl SledStore {
         }
         // A key's answer is the same however often it is stored.
         for (key, receipts) in keyed_answers(&group.shape, &group.events) {
-            batch.insert(answer_key(&key), encode_answer(group.time, &receipts));
-            batch.insert(answer_time_key(group.time, &key), Vec::new());
+            insert_answer(&mut batch, &key, group.time, &receipts);
         }
         let top = group.events.iter().map(|e| e.id.0).max().unwrap_or(0);
         st.next = st.next.max(top + 1);
@@ -314,8 +312,12 @@ impl SledStore {
         for (offset, new) in events.into_iter().enumerate() {
             let id = EventId(st.next + offset as u64);
             match st.stats.get_mut(&new.stream) {
-                Some(stats) => count(stats, id, time),
-                None => count(st.stats.entry(new.stream.clone()).or_default(), id, time),
+                Some(stats) => stats.count(id, time),
+                None => st
+                    .stats
+                    .entry(new.stream.clone())
+                    .or_default()
+                    .count(id, time),
             }
             let event = Arc::new(Event::new(id, new.stream, new.kind, new.data, time));
             st.pending.push(event.clone());
@@ -363,40 +365,46 @@ impl SledStore {
         let mut runs = Runs::default();
         let mut batch = Batch::default();
         let mut through = Vec::with_capacity(streams.len());
-        // The events are freed with these, after the lock below: not while holding it.
-        let mut taken = Vec::with_capacity(streams.len());
-        for (stream, events, stats) in streams {
-            for e in &events {
-                runs.push(&stream, e.id, e.time, e.kind.as_ref(), &e.data);
+        for (stream, events, stats) in &streams {
+            for e in events {
+                runs.push(stream, e.id, e.time, e.kind.as_ref(), &e.data);
             }
             if let Some(stats) = stats {
-                batch.insert(keyed(b'm', &stream), encode_stats(&stats).to_vec());
+                batch.insert(keyed(b'm', stream), encode_stats(stats).to_vec());
             }
             if let Some(last) = events.last() {
-                through.push((stream, last.id));
+                through.push((stream.clone(), last.id));
             }
-            taken.push(events);
         }
         for (key, value) in runs.finish() {
             batch.insert(key, value);
         }
-        let mut settled_answers = Vec::with_capacity(answers.len());
-        for (key, answered) in answers {
-            batch.insert(
-                answer_key(&key),
-                encode_answer(answered.time, &answered.receipts),
-            );
-            batch.insert(answer_time_key(answered.time, &key), Vec::new());
-            settled_answers.push((key, answered.time));
+        for (key, answered) in &answers {
+            insert_answer(&mut batch, key, answered.time, &answered.receipts);
         }
-        let settled = Settled {
-            through,
-            answers: settled_answers,
-        };
+        let answers = answers.into_iter().map(|(key, a)| (key, a.time)).collect();
         self.db.apply_batch(batch)?;
-        self.state().pending.settled(settled);
-        drop(taken);
+        self.state().pending.settled(Settled { through, answers });
+        // The events are freed here, after the lock: not while holding it.
+        drop(streams);
         Ok(())
+    }
+
+    /// What `read` takes of `stream`'s pending events, and the highest id to ask sled for, at
+    /// most `upto`: below the first pending id. Pending first, then sled: a settle that runs in
+    /// between stores events in sled before it lets go of them (see `pending.rs`).
+    fn pending_then<T>(
+        &self,
+        stream: &StreamName,
+        upto: EventId,
+        read: impl FnOnce(&Pending) -> T,
+    ) -> (T, EventId) {
+        let st = self.state();
+        let below = st
+            .pending
+            .first_id(stream)
+            .map_or(upto, |first| upto.min(EventId(first.0 - 1)));
+        (read(&st.pending), below)
     }
 
     /// Runs a read with `stream`'s delete floor, again until no delete happened meanwhile.
@@ -569,16 +577,8 @@ impl Store for SledStore {
     ) -> Result<Vec<Event>, StoreError> {
         self.unraced(stream, |floor| {
             let after = after.max(floor);
-            // Pending first, then sled below the first pending id (see `pending.rs`).
-            let (first, newer) = {
-                let st = self.state();
-                let pending = &st.pending;
-                (
-                    pending.first_id(stream),
-                    pending.read(stream, after, upto, limit),
-                )
-            };
-            let below = first.map_or(upto, |first| upto.min(EventId(first.0 - 1)));
+            let (newer, below) =
+                self.pending_then(stream, upto, |p| p.read(stream, after, upto, limit));
             let mut events = self.read_above(stream, after, below, limit)?;
             events.extend(newer.into_iter().take(limit - events.len()));
             Ok(events)
@@ -592,18 +592,11 @@ impl Store for SledStore {
         n: usize,
     ) -> Result<Vec<Event>, StoreError> {
         self.unraced(stream, |floor| {
-            let (first, newest) = {
-                let st = self.state();
-                let pending = &st.pending;
-                (
-                    pending.first_id(stream),
-                    pending.read_last(stream, floor, upto, n),
-                )
-            };
+            let (newest, below) =
+                self.pending_then(stream, upto, |p| p.read_last(stream, floor, upto, n));
             if newest.len() == n {
                 return Ok(newest);
             }
-            let below = first.map_or(upto, |first| upto.min(EventId(first.0 - 1)));
             let mut events = self.read_last_above(stream, floor, below, n - newest.len())?;
             events.extend(newest);
             Ok(events)
@@ -615,11 +608,9 @@ impl Store for SledStore {
             if id <= floor {
                 return Ok(None);
             }
-            {
-                let st = self.state();
-                if st.pending.first_id(stream).is_some_and(|first| id >= first) {
-                    return Ok(st.pending.get(stream, id));
-                }
+            let (pending, below) = self.pending_then(stream, id, |p| p.get(stream, id));
+            if below < id {
+                return Ok(pending);
             }
             let Some(item) = runs_from(&self.db, stream, id).next() else {
                 return Ok(None);
@@ -826,15 +817,9 @@ fn count_runs_past(
         let (key, value) = item?;
         for stored in Run::parse(stream, &key, &value)? {
             let stored = stored?;
-            if stored.id <= stats.last_id {
-                continue;
+            if stored.id > stats.last_id {
+                stats.count(stored.id, stored.time);
             }
-            if stats.length == 0 {
-                stats.first_id = stored.id;
-                stats.first_time = stored.time;
-            }
-            stats.length += 1;
-            stats.last_id = stored.id;
         }
     }
     Ok(())

@@ -31,17 +31,6 @@ const SETTLE_BYTES: usize = 64 << 10;
 /// when sled cannot keep up, and then pending memory stays bounded (1 MiB of data).
 const FULL: usize = 16;
 
-/// A reader's own copy of a pending event (the store's reads hand out events by value).
-fn copy(e: &Event) -> Event {
-    Event::new(
-        e.id,
-        e.stream.clone(),
-        e.kind.clone(),
-        e.data.clone(),
-        e.time,
-    )
-}
-
 #[derive(Default)]
 pub(super) struct Pending {
     /// Per stream, ascending ids; never an empty list.
@@ -117,7 +106,7 @@ impl Pending {
             .iter()
             .take_while(|e| e.id <= upto)
             .take(limit)
-            .map(|e| copy(e))
+            .map(|e| e.copy())
             .collect()
     }
 
@@ -134,7 +123,7 @@ impl Pending {
         let start = events[..end]
             .partition_point(|e| e.id <= floor)
             .max(end.saturating_sub(n));
-        events[start..end].iter().map(|e| copy(e)).collect()
+        events[start..end].iter().map(|e| e.copy()).collect()
     }
 
     pub(super) fn get(&self, stream: &StreamName, id: EventId) -> Option<Event> {
@@ -142,7 +131,7 @@ impl Pending {
         events
             .binary_search_by_key(&id, |e| e.id)
             .ok()
-            .map(|at| copy(&events[at]))
+            .map(|at| events[at].copy())
     }
 
     pub(super) fn answered(&self, key: &IdempotencyKey) -> Option<Answered> {
