@@ -806,8 +806,8 @@ impl Store for SledStore {
 }
 
 /// Adds to a stream's counters the runs stored after the last event they count: after a crash,
-/// what plain inserts stored before their counters (see `append_runs`). Normally finds nothing,
-/// in one lookup.
+/// what older versions' plain inserts stored before their counters (settles store both in one
+/// batch). Normally finds nothing, in one lookup.
 fn count_runs_past(
     db: &Db,
     stream: &StreamName,
