@@ -7,6 +7,7 @@
 //! Reads go straight to the store from a blocking thread; they never wait for the writer.
 
 mod memory;
+mod priority;
 mod schedule;
 mod sled;
 pub mod store;

@@ -162,12 +162,15 @@ pub(crate) fn keyed_answers<E: Borrow<Event>>(
 }
 
 /// How much a store holds pending, not yet written in its own form (see [`Store::settle`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Backlog {
     /// Not worth a settle of its own yet.
     Low,
     /// Worth a settle: ask for one, off the acknowledgement path.
     Due,
+    /// More than the settles in idle moments keep up with: they must run now (at normal
+    /// priority, see `priority.rs`), still off the acknowledgement path.
+    Behind,
     /// So much that appends should wait for a settle: whatever settles has fallen behind.
     Full,
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
+use super::priority::Priority;
 use super::schedule::TrimSchedule;
 use super::store::{self as store, Backlog, Store, StoreError};
 use super::tail::{Positions, TailHub};
@@ -347,12 +348,15 @@ impl Writer {
             changed: None,
         });
         // The store's bulk write of what is pending: on the checkpoint thread, off the
-        // acknowledgement path; here, holding up the next group, only when that thread has
-        // fallen far behind (so pending events stay bounded).
+        // acknowledgement path (in idle moments, or at once when behind); here, holding up the
+        // next group, only when that thread has fallen far behind (so pending events stay
+        // bounded).
         match (self.store.backlog(), &self.checkpoints) {
             (Backlog::Low, _) => {}
-            (Backlog::Due, Some(checkpoints)) => checkpoints.settle(),
-            (Backlog::Due, None) | (Backlog::Full, _) => {
+            (Backlog::Due, Some(checkpoints)) => checkpoints.settle(false),
+            (Backlog::Behind, Some(checkpoints)) => checkpoints.settle(true),
+            (Backlog::Due | Backlog::Behind, None) | (Backlog::Full, _) => {
+                self.before_settling();
                 if let Err(e) = self.store.settle() {
                     tracing::error!(error = %e, "storing pending events failed; nothing more is acknowledged");
                     self.failed.store(true, Ordering::Release);
@@ -422,6 +426,7 @@ impl Writer {
             Change::Delete => new = StreamSettings::default(),
         }
         // A checkpoint, so that a restart never replays events from before the change.
+        self.before_settling();
         let durable = match change {
             Change::Delete => self.store.delete(stream),
             _ => self.store.put_settings(stream, new),
@@ -496,6 +501,7 @@ impl Writer {
             };
             let mut left = stats;
             if retention.wants_trim(&stats, now) {
+                self.before_settling();
                 match self.store.trim(&stream, &retention, now, TRIM_BUDGET) {
                     Ok(outcome) => {
                         tracing::debug!(%stream, removed = outcome.removed, "trimmed");
@@ -535,6 +541,14 @@ impl Writer {
         more
     }
 
+    /// Before anything of the writer's own that settles: a settle on the checkpoint thread
+    /// holds the store until it ends, so that thread must not be left at idle priority.
+    fn before_settling(&self) {
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.raise();
+        }
+    }
+
     fn close(&mut self) {
         if let Some(checkpoints) = self.checkpoints.take() {
             checkpoints.stop();
@@ -552,7 +566,8 @@ impl Writer {
 
 /// The thread beside the writer that does the store's own writing, off the acknowledgement
 /// path:
-/// - **settles**: stores in bulk what appends left pending (asked for when enough is);
+/// - **settles**: stores in bulk what appends left pending (asked for when enough is), at idle
+///   priority unless it has fallen behind (`priority.rs`);
 /// - **checkpoints**: the writer hands it the write-ahead log position its appends have reached
 ///   and goes on; the thread settles, records the position in the store, flushes, and then
 ///   forgets the log's segments before the checkpoint before (one checkpoint's records are kept
@@ -562,6 +577,7 @@ pub(crate) struct Checkpointer {
     /// A settle is asked for and not begun: the writer does not ask again.
     settle_asked: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
+    priority: Arc<Priority>,
 }
 
 enum Job {
@@ -580,11 +596,18 @@ impl Checkpointer {
         let (jobs, asked) = std::sync::mpsc::sync_channel::<Job>(2);
         let settle_asked = Arc::new(AtomicBool::new(false));
         let settling = settle_asked.clone();
+        let priority = Arc::new(Priority::new());
+        let mine = priority.clone();
         let thread = std::thread::Builder::new()
             .name("herald-checkpoint".into())
             .spawn(move || {
+                mine.lower(|| caught_up(&*store));
                 let mut previous: Option<u64> = None;
                 for job in asked {
+                    // After each job, back to idle priority if the writer raised it (a
+                    // checkpoint asked meanwhile runs at idle priority too, until the writer
+                    // finds it behind).
+                    let _lower = LowerAfter(&mine, &*store);
                     let position = match job {
                         Job::Settle => {
                             settling.store(false, Ordering::Release);
@@ -608,10 +631,16 @@ impl Checkpointer {
                     }
                 }
             })?;
+        if priority.idle_allowed() {
+            tracing::debug!("events are stored in sled at idle priority");
+        } else {
+            tracing::info!("events are stored in sled at normal priority: leaving idle priority needs CAP_SYS_NICE or RLIMIT_NICE 20 (systemd: LimitNICE=+0); durable publishing on a busy core is faster with it");
+        }
         Ok(Checkpointer {
             jobs,
             settle_asked,
             thread,
+            priority,
         })
     }
 
@@ -620,8 +649,12 @@ impl Checkpointer {
         self.jobs.try_send(Job::Checkpoint(position)).is_ok()
     }
 
-    /// Asks for a settle, unless one is asked for already.
-    fn settle(&self) {
+    /// Asks for a settle, unless one is asked for already; `behind`: and raises the thread, so
+    /// the settle runs now.
+    fn settle(&self, behind: bool) {
+        if behind {
+            self.raise();
+        }
         if !self.settle_asked.swap(true, Ordering::AcqRel)
             && self.jobs.try_send(Job::Settle).is_err()
         {
@@ -629,10 +662,31 @@ impl Checkpointer {
         }
     }
 
+    /// Puts the thread at normal priority (it lowers itself once caught up).
+    fn raise(&self) {
+        self.priority.raise(&self.thread);
+    }
+
     /// Lets the thread finish the job it is doing, and end.
     fn stop(self) {
+        self.raise();
         drop(self.jobs);
         let _ = self.thread.join();
+    }
+}
+
+/// Whether the checkpoint thread may go back to idle priority: its settles in idle moments keep
+/// up.
+fn caught_up(store: &dyn Store) -> bool {
+    store.backlog() < Backlog::Behind
+}
+
+/// Lowers the checkpoint thread once its job is done, if it has caught up.
+struct LowerAfter<'a>(&'a Priority, &'a dyn Store);
+
+impl Drop for LowerAfter<'_> {
+    fn drop(&mut self) {
+        self.0.lower(|| caught_up(self.1));
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Why: with the write-ahead log, sled no longer has to hold an event before it is acknowledged
 //! (the log does), so its inserts need not be on the acknowledgement path. The checkpoint thread
-//! settles (the writer only when that thread has fallen far behind), and in bulk: a stream's
+//! settles, at idle priority until it falls behind (the writer only when that thread has fallen
+//! far behind), and in bulk: a stream's
 //! events of one millisecond share a run, where each group of a few publishes stored a short run
 //! of its own (BENCHMARKS.md, "Step 3": durable POSTs +13 % at 16 connections, batches +13 %).
 //!
@@ -20,13 +21,17 @@ use crate::broker::engine::IdempotencyKey;
 use crate::broker::event::{Event, EventId, StreamName};
 
 /// Settle once this many events are pending, or this many bytes of their data. A settle's
-/// cost is nearly all sled's, per event, so its size hardly moves throughput; but it takes the
-/// core for a while, which the publishes beside it wait out. Measured (`load publish`, same
+/// cost is nearly all sled's, per event, so its size hardly moves throughput; but at normal
+/// priority it takes the core for a while, which the publishes beside it wait out (at idle
+/// priority, `priority.rs`, they no longer do). Measured at normal priority (`load publish`, same
 /// run): 256 events gave 25.2k / 36.0k POSTs/s at 16 / 64 connections with p99 1.9 / 3.9 ms,
 /// 1,024 gave 25.7k / 36.6k with p99 2.5 / 5.0 ms; in another run 128 gave 24.8k / 34.8k with
 /// p99 1.6 / 3.5 ms and 64 gave 23.7k / 32.4k with 1.5 / 3.2 ms (BENCHMARKS.md, "Step 3").
 const SETTLE_EVENTS: usize = 256;
 const SETTLE_BYTES: usize = 64 << 10;
+/// Twice as much: the checkpoint thread, settling at idle priority, has not had the core for a
+/// while, and is raised to normal priority.
+const BEHIND: usize = 2;
 /// Appends wait for a settle once this many times as much is pending: settles fall behind only
 /// when sled cannot keep up, and then pending memory stays bounded (1 MiB of data).
 const FULL: usize = 16;
@@ -73,6 +78,8 @@ impl Pending {
         };
         if over(FULL) {
             Backlog::Full
+        } else if over(BEHIND) {
+            Backlog::Behind
         } else if over(1) {
             Backlog::Due
         } else {
@@ -237,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn the_backlog_is_due_then_full_by_events_or_by_bytes() {
+    fn the_backlog_is_due_then_behind_then_full_by_events_or_by_bytes() {
         let mut pending = Pending::default();
         for id in 1..SETTLE_EVENTS as u64 {
             pending.push(event("a", id));
@@ -245,7 +252,13 @@ mod tests {
         assert_eq!(pending.backlog(), Backlog::Low);
         pending.push(event("a", SETTLE_EVENTS as u64));
         assert_eq!(pending.backlog(), Backlog::Due);
-        for id in SETTLE_EVENTS..SETTLE_EVENTS * FULL {
+        for id in SETTLE_EVENTS..SETTLE_EVENTS * BEHIND - 1 {
+            pending.push(event("a", id as u64 + 1));
+        }
+        assert_eq!(pending.backlog(), Backlog::Due);
+        pending.push(event("a", (SETTLE_EVENTS * BEHIND) as u64));
+        assert_eq!(pending.backlog(), Backlog::Behind);
+        for id in SETTLE_EVENTS * BEHIND..SETTLE_EVENTS * FULL {
             pending.push(event("a", id as u64 + 1));
         }
         assert_eq!(pending.backlog(), Backlog::Full);
@@ -258,5 +271,13 @@ mod tests {
             1,
         )));
         assert_eq!(big.backlog(), Backlog::Due);
+        big.push(Arc::new(Event::new(
+            EventId(2),
+            StreamName::new("b").unwrap(),
+            None,
+            "x".repeat(SETTLE_BYTES),
+            1,
+        )));
+        assert_eq!(big.backlog(), Backlog::Behind);
     }
 }
