@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
-use super::priority::Priority;
+use super::priority::{Priority, Watchdog};
 use super::schedule::TrimSchedule;
 use super::store::{self as store, Backlog, Store, StoreError};
 use super::tail::{Positions, TailHub};
@@ -576,8 +576,10 @@ pub(crate) struct Checkpointer {
     jobs: std::sync::mpsc::SyncSender<Job>,
     /// A settle is asked for and not begun: the writer does not ask again.
     settle_asked: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
     priority: Arc<Priority>,
+    /// Stopped before `thread` is joined or dropped (fields drop in this order).
+    watchdog: Option<Watchdog>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 enum Job {
@@ -596,7 +598,7 @@ impl Checkpointer {
         let (jobs, asked) = std::sync::mpsc::sync_channel::<Job>(2);
         let settle_asked = Arc::new(AtomicBool::new(false));
         let settling = settle_asked.clone();
-        let priority = Arc::new(Priority::new());
+        let priority = Priority::new();
         let mine = priority.clone();
         let thread = std::thread::Builder::new()
             .name("herald-checkpoint".into())
@@ -604,10 +606,10 @@ impl Checkpointer {
                 mine.lower(|| caught_up(&*store));
                 let mut previous: Option<u64> = None;
                 for job in asked {
-                    // After each job, back to idle priority if the writer raised it (a
-                    // checkpoint asked meanwhile runs at idle priority too, until the writer
-                    // finds it behind).
-                    let _lower = LowerAfter(&mine, &*store);
+                    // After each job, back to idle priority if it was raised (a checkpoint
+                    // asked meanwhile runs at idle priority too, until the writer finds the
+                    // thread behind or the watchdog finds the job starved).
+                    let _job = mine.job(|| caught_up(&*store));
                     let position = match job {
                         Job::Settle => {
                             settling.store(false, Ordering::Release);
@@ -631,7 +633,8 @@ impl Checkpointer {
                     }
                 }
             })?;
-        if priority.idle_allowed() {
+        let watchdog = priority.watch(&thread);
+        if watchdog.is_some() {
             tracing::debug!("events are stored in sled at idle priority");
         } else {
             tracing::info!("events are stored in sled at normal priority: leaving idle priority needs CAP_SYS_NICE or RLIMIT_NICE 20 (systemd: LimitNICE=+0); durable publishing on a busy core is faster with it");
@@ -639,8 +642,9 @@ impl Checkpointer {
         Ok(Checkpointer {
             jobs,
             settle_asked,
-            thread,
             priority,
+            watchdog,
+            thread,
         })
     }
 
@@ -664,12 +668,13 @@ impl Checkpointer {
 
     /// Puts the thread at normal priority (it lowers itself once caught up).
     fn raise(&self) {
-        self.priority.raise(&self.thread);
+        self.priority.raise();
     }
 
     /// Lets the thread finish the job it is doing, and end.
     fn stop(self) {
         self.raise();
+        drop(self.watchdog);
         drop(self.jobs);
         let _ = self.thread.join();
     }
@@ -679,15 +684,6 @@ impl Checkpointer {
 /// up.
 fn caught_up(store: &dyn Store) -> bool {
     store.backlog() < Backlog::Behind
-}
-
-/// Lowers the checkpoint thread once its job is done, if it has caught up.
-struct LowerAfter<'a>(&'a Priority, &'a dyn Store);
-
-impl Drop for LowerAfter<'_> {
-    fn drop(&mut self) {
-        self.0.lower(|| caught_up(self.1));
-    }
 }
 
 /// What the writer hands out once a commit is durable: the records for the tail, with the
