@@ -48,8 +48,10 @@ pub(super) struct Priority {
 }
 
 struct State {
-    /// The thread, once started (see [`Priority::watch`]).
+    /// The thread, while a watchdog watches it (see [`Priority::watch`]).
     thread: Option<Handle>,
+    /// Whether a watchdog watches the thread: only then may it go idle.
+    watched: bool,
     /// Whether the thread runs at normal priority now.
     normal: bool,
     /// When the thread's job began, while it runs.
@@ -71,6 +73,7 @@ impl Priority {
             idle_allowed: idle_can_be_left(),
             state: Mutex::new(State {
                 thread: None,
+                watched: false,
                 normal: true,
                 job_began: None,
                 raise_failed: false,
@@ -87,13 +90,14 @@ impl Priority {
         self.idle_allowed
     }
 
-    /// Called on the thread itself: goes to idle priority, if `caught_up` says so then.
+    /// Called on the thread itself: goes to idle priority, if `caught_up` says so then (and a
+    /// watchdog watches it).
     pub(super) fn lower(&self, caught_up: impl FnOnce() -> bool) {
         if !self.idle_allowed {
             return;
         }
         let mut state = self.state();
-        if state.normal && caught_up() {
+        if state.watched && state.normal && caught_up() {
             match set_own_policy(Policy::Idle) {
                 Ok(()) => state.normal = false,
                 Err(e) => tracing::debug!(error = %e, "could not lower the checkpoint thread"),
@@ -132,30 +136,31 @@ impl Priority {
         }
     }
 
-    /// Registers `thread` as the one whose priority this is, and, where it may go idle, starts
-    /// the watchdog that raises a job starved at idle priority (see [`STARVED_AFTER`]). The
-    /// watchdog stops when the returned value is dropped, which must be before `thread` is
-    /// joined or detached.
+    /// Where the thread may go idle, starts the watchdog that raises a job starved at idle
+    /// priority (see [`STARVED_AFTER`]) and lets the thread lower itself from then on. `None`:
+    /// the thread keeps normal priority. The watchdog raises the thread and stops when the
+    /// returned value is dropped, which must be before `thread` is joined or detached.
     pub(super) fn watch<T>(self: &Arc<Self>, thread: &JoinHandle<T>) -> Option<Watchdog> {
         if !self.idle_allowed {
             return None;
         }
-        self.state().thread = Some(os::handle(thread));
         let priority = self.clone();
         let spawned = std::thread::Builder::new()
             .name("herald-watchdog".into())
             .spawn(move || priority.run_watchdog());
         match spawned {
-            Ok(watchdog) => Some(Watchdog {
-                priority: self.clone(),
-                thread: Some(watchdog),
-            }),
-            Err(e) => {
-                // Without a watchdog, idle priority could starve: the thread stays normal.
-                tracing::warn!(error = %e, "could not start the checkpoint thread's watchdog; it keeps normal priority");
+            Ok(watchdog) => {
                 let mut state = self.state();
-                state.thread = None;
+                state.thread = Some(os::handle(thread));
+                state.watched = true;
                 drop(state);
+                Some(Watchdog {
+                    priority: self.clone(),
+                    thread: Some(watchdog),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the checkpoint thread's watchdog; it keeps normal priority");
                 None
             }
         }
@@ -224,8 +229,11 @@ pub(super) struct Watchdog {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
+        // Unwatched, the thread must not stay idle: it is raised, and cannot lower itself again.
+        self.priority.raise();
         let mut state = self.priority.state();
         state.stop = true;
+        state.watched = false;
         // The thread's handle is not used once the watchdog is gone.
         state.thread = None;
         drop(state);
@@ -394,9 +402,14 @@ mod tests {
             thread.join().unwrap();
             return;
         }
+        // Watched, the thread goes idle once a job ends caught up.
         ask.send(true).unwrap();
         go.send(()).unwrap();
-        assert!(told.recv().unwrap(), "lowered at the start");
+        told.recv().unwrap();
+        assert!(!priority.is_normal());
+        ask.send(true).unwrap();
+        go.send(()).unwrap();
+        assert!(told.recv().unwrap(), "a job at idle priority");
         ask.send(false).unwrap();
         priority.raise();
         go.send(()).unwrap();
@@ -425,10 +438,11 @@ mod tests {
             );
             return;
         };
-        while priority.is_normal() {
-            // The thread lowers itself as it starts.
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // Watched, the thread goes idle once a job ends caught up.
+        ask.send(true).unwrap();
+        go.send(()).unwrap();
+        told.recv().unwrap();
+        assert!(!priority.is_normal());
         // A job that lasts past `starved_after` (as one waiting for the core would).
         ask.send(true).unwrap();
         let began = Instant::now();
@@ -445,7 +459,15 @@ mod tests {
             !told.recv().unwrap(),
             "the rest of the job runs at normal priority"
         );
+        // Unwatched, the thread is raised and stays normal.
+        ask.send(true).unwrap();
+        go.send(()).unwrap();
+        told.recv().unwrap();
         drop(watchdog);
+        assert!(priority.is_normal());
+        ask.send(true).unwrap();
+        go.send(()).unwrap();
+        assert!(!told.recv().unwrap(), "no longer watched: never idle again");
         drop((ask, go));
         thread.join().unwrap();
     }
