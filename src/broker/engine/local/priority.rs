@@ -7,14 +7,14 @@
 //! the writer waits for its `fdatasync`.
 //!
 //! Idle priority must never mean starved: a settle holds sled's lock on the whole store (every
-//! read waits for its batch) and the pending events' lock, and a thread at idle priority waits
-//! for the core without bound while anything else wants it — other programs on the machine
-//! too. So the thread is raised to normal priority by the writer when the pending events pile
-//! up (`Backlog::Behind`) and before the writer does anything that waits for a settle (a
-//! settle of its own, a trim, a change, closing), and by a watchdog when a job has run 10 ms at
-//! idle priority; it lowers itself again once caught up. Measured with two CPU hogs beside
-//! herald on its core (`benches/proof/starve.sh`): without the watchdog, reads of sled waited
-//! up to 1 s behind a starved settle; with it, no longer than at normal priority.
+//! read waits for its batch) and, for moments, the pending events' lock, and a thread at idle
+//! priority waits for the core without bound while anything else wants it — other programs on
+//! the machine too. So the thread is raised to normal priority by the writer when the pending
+//! events pile up (`Backlog::Behind`) and before the writer does anything that waits for a
+//! settle (a settle of its own, a trim, a change, closing), and by a watchdog when a job has run
+//! 10 ms at idle priority; it lowers itself again once caught up. Measured with two CPU hogs
+//! beside herald on its core (`benches/proof/starve.sh`): without the watchdog, reads of sled
+//! waited up to 1 s behind a starved settle; with it, no longer than at normal priority.
 //!
 //! Leaving idle priority needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of at least 20 (systemd's
 //! `LimitNICE=+0`, as `docs/deploy/herald.service` sets; Docker's `--ulimit nice=20`). Without
@@ -28,11 +28,12 @@ use std::time::{Duration, Instant};
 use os::Handle;
 
 /// A job at idle priority still running after this long is raised: it may hold what publishers
-/// and readers wait for (sled's lock on the whole store during a batch, the pending events),
+/// and readers wait for (sled's lock on the whole store during a batch; for moments, the pending
+/// events),
 /// and idle priority puts no bound on its wait for the core, which other programs on a busy
 /// machine may keep. Measured (`load publish`, 8 s, 2 rounds): 10 ms keeps nearly all that idle
 /// priority gains (16 connections 30.7k / 30.6k POSTs/s against 31.1k / 31.1k without a
-/// watchdog), 3 ms loses a third of it (28.6k / 27.8k).
+/// watchdog, and ~25.5k at normal priority), 3 ms loses half of it (28.6k / 27.8k).
 const STARVED_AFTER: Duration = Duration::from_millis(10);
 
 /// Where one thread's priority stands: idle or normal, changed only under the lock, so a raise
