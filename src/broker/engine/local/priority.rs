@@ -39,8 +39,6 @@ const STARVED_AFTER: Duration = Duration::from_millis(10);
 /// Where one thread's priority stands: idle or normal, changed only under the lock, so a raise
 /// and a lowering never cross.
 pub(super) struct Priority {
-    /// Whether the thread may go idle at all (see the module docs).
-    idle_allowed: bool,
     state: Mutex<State>,
     /// Told when a job begins, and when the watchdog is to stop.
     changed: Condvar,
@@ -49,56 +47,41 @@ pub(super) struct Priority {
 }
 
 struct State {
-    /// The thread, while a watchdog watches it (see [`Priority::watch`]).
+    /// The thread, while a watchdog watches it (see [`Priority::watch`]): only then may it go
+    /// idle, and the watchdog stops once it is `None` again.
     thread: Option<Handle>,
-    /// Whether a watchdog watches the thread: only then may it go idle.
-    watched: bool,
     /// Whether the thread runs at normal priority now.
     normal: bool,
     /// When the thread's job began, while it runs.
     job_began: Option<Instant>,
     /// A raise failed and was logged (it is not logged again).
     raise_failed: bool,
-    /// The watchdog is to stop.
-    stop: bool,
 }
 
 impl Priority {
-    /// A thread's priority, normal until [`Priority::lower`] is called on it.
+    /// A thread's priority: normal until the thread, watched, lowers itself.
     pub(super) fn new() -> Arc<Priority> {
         Priority::starved_after(STARVED_AFTER)
     }
 
     fn starved_after(starved_after: Duration) -> Arc<Priority> {
         Arc::new(Priority {
-            idle_allowed: idle_can_be_left(),
             state: Mutex::new(State {
                 thread: None,
-                watched: false,
                 normal: true,
                 job_began: None,
                 raise_failed: false,
-                stop: false,
             }),
             changed: Condvar::new(),
             starved_after,
         })
     }
 
-    /// Whether the thread goes to idle priority when it lowers itself.
-    #[cfg(test)]
-    pub(super) fn idle_allowed(&self) -> bool {
-        self.idle_allowed
-    }
-
     /// Called on the thread itself: goes to idle priority, if `caught_up` says so then (and a
     /// watchdog watches it).
     pub(super) fn lower(&self, caught_up: impl FnOnce() -> bool) {
-        if !self.idle_allowed {
-            return;
-        }
         let mut state = self.state();
-        if state.watched && state.normal && caught_up() {
+        if state.thread.is_some() && state.normal && caught_up() {
             match set_own_policy(Policy::Idle) {
                 Ok(()) => state.normal = false,
                 Err(e) => tracing::debug!(error = %e, "could not lower the checkpoint thread"),
@@ -109,10 +92,8 @@ impl Priority {
     /// Called on the thread itself as a job begins; the job ends (and the thread lowers itself,
     /// if `caught_up` says so then) when the returned guard is dropped.
     pub(super) fn job<F: Fn() -> bool>(&self, caught_up: F) -> Job<'_, F> {
-        if self.idle_allowed {
-            self.state().job_began = Some(Instant::now());
-            self.changed.notify_all();
-        }
+        self.state().job_began = Some(Instant::now());
+        self.changed.notify_all();
         Job {
             priority: self,
             caught_up,
@@ -121,9 +102,6 @@ impl Priority {
 
     /// Puts the thread back at normal priority (it lowers itself once caught up).
     pub(super) fn raise(&self) {
-        if !self.idle_allowed {
-            return;
-        }
         let mut state = self.state();
         if let (false, Some(thread)) = (state.normal, state.thread) {
             match set_policy(thread, Policy::Normal) {
@@ -142,25 +120,24 @@ impl Priority {
     /// the thread keeps normal priority. The watchdog raises the thread and stops when the
     /// returned value is dropped, which must be before `thread` is joined or detached.
     pub(super) fn watch<T>(self: &Arc<Self>, thread: &JoinHandle<T>) -> Option<Watchdog> {
-        if !self.idle_allowed {
+        if !idle_can_be_left() {
             return None;
         }
+        // Under the lock until the watchdog is running, so the thread cannot lower itself
+        // before it is watched.
+        let mut state = self.state();
+        state.thread = Some(os::handle(thread));
         let priority = self.clone();
         let spawned = std::thread::Builder::new()
             .name("herald-watchdog".into())
             .spawn(move || priority.run_watchdog());
         match spawned {
-            Ok(watchdog) => {
-                let mut state = self.state();
-                state.thread = Some(os::handle(thread));
-                state.watched = true;
-                drop(state);
-                Some(Watchdog {
-                    priority: self.clone(),
-                    thread: Some(watchdog),
-                })
-            }
+            Ok(watchdog) => Some(Watchdog {
+                priority: self.clone(),
+                thread: Some(watchdog),
+            }),
             Err(e) => {
+                state.thread = None;
                 tracing::warn!(error = %e, "could not start the checkpoint thread's watchdog; it keeps normal priority");
                 None
             }
@@ -170,7 +147,7 @@ impl Priority {
     fn run_watchdog(&self) {
         let mut state = self.state();
         loop {
-            if state.stop {
+            if state.thread.is_none() {
                 return;
             }
             let began = match (state.normal, state.job_began) {
@@ -215,10 +192,8 @@ pub(super) struct Job<'a, F: Fn() -> bool> {
 
 impl<F: Fn() -> bool> Drop for Job<'_, F> {
     fn drop(&mut self) {
-        if self.priority.idle_allowed {
-            self.priority.state().job_began = None;
-            self.priority.lower(&self.caught_up);
-        }
+        self.priority.state().job_began = None;
+        self.priority.lower(&self.caught_up);
     }
 }
 
@@ -232,12 +207,8 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         // Unwatched, the thread must not stay idle: it is raised, and cannot lower itself again.
         self.priority.raise();
-        let mut state = self.priority.state();
-        state.stop = true;
-        state.watched = false;
         // The thread's handle is not used once the watchdog is gone.
-        state.thread = None;
-        drop(state);
+        self.priority.state().thread = None;
         self.priority.changed.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -356,120 +327,119 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    /// A thread that, for each message, runs a job: it waits for `go` (so the job can be made
-    /// to last), ends the job (caught up if the message says so), then reports whether the job
-    /// ran at idle priority.
-    fn worker(
-        priority: &Arc<Priority>,
-    ) -> (
-        mpsc::Sender<bool>,
-        mpsc::Sender<()>,
-        mpsc::Receiver<bool>,
-        JoinHandle<()>,
-    ) {
-        let (ask, asked) = mpsc::channel::<bool>();
-        let (go, gone) = mpsc::channel::<()>();
-        let (tell, told) = mpsc::channel::<bool>();
-        let priority = priority.clone();
-        let thread = std::thread::spawn(move || {
-            priority.lower(|| true);
-            for caught_up in asked {
-                let job = priority.job(|| caught_up);
-                if gone.recv().is_err() {
-                    return;
+    /// A thread that runs one job per [`Worker::job`].
+    struct Worker {
+        ask: mpsc::Sender<bool>,
+        go: mpsc::Sender<()>,
+        told: mpsc::Receiver<bool>,
+        thread: JoinHandle<()>,
+    }
+
+    impl Worker {
+        fn start(priority: &Arc<Priority>) -> Worker {
+            let (ask, asked) = mpsc::channel::<bool>();
+            let (go, gone) = mpsc::channel::<()>();
+            let (tell, told) = mpsc::channel::<bool>();
+            let priority = priority.clone();
+            let thread = std::thread::spawn(move || {
+                for caught_up in asked {
+                    let job = priority.job(|| caught_up);
+                    if gone.recv().is_err() {
+                        return;
+                    }
+                    let idle = os::own_policy_is_idle();
+                    drop(job);
+                    tell.send(idle).unwrap();
                 }
-                let idle = os::own_policy_is_idle();
-                drop(job);
-                tell.send(idle).unwrap();
+            });
+            Worker {
+                ask,
+                go,
+                told,
+                thread,
             }
-        });
-        (ask, go, told, thread)
+        }
+
+        /// Runs a job: `during` while it runs, then it ends (caught up if `caught_up`). Whether
+        /// the job ran at idle priority.
+        fn job(&self, caught_up: bool, during: impl FnOnce()) -> bool {
+            self.ask.send(caught_up).unwrap();
+            during();
+            self.go.send(()).unwrap();
+            self.told.recv().unwrap()
+        }
+
+        fn stop(self) {
+            drop((self.ask, self.go));
+            self.thread.join().unwrap();
+        }
     }
 
     #[test]
     fn a_thread_lowered_to_idle_is_raised_by_another_and_lowers_only_once_caught_up() {
         // No job here is starved.
         let priority = Priority::starved_after(Duration::from_secs(3600));
-        let (ask, go, told, thread) = worker(&priority);
-        let watchdog = priority.watch(&thread);
-        if !priority.idle_allowed() {
+        let worker = Worker::start(&priority);
+        let watchdog = priority.watch(&worker.thread);
+        if !idle_can_be_left() {
             // Here leaving idle priority is not allowed: then nothing may ever go idle.
             assert!(watchdog.is_none());
-            ask.send(true).unwrap();
-            go.send(()).unwrap();
-            assert!(!told.recv().unwrap());
+            assert!(!worker.job(true, || {}));
             assert!(priority.is_normal());
-            drop((ask, go));
-            thread.join().unwrap();
+            worker.stop();
             return;
         }
         // Watched, the thread goes idle once a job ends caught up.
-        ask.send(true).unwrap();
-        go.send(()).unwrap();
-        told.recv().unwrap();
+        worker.job(true, || {});
         assert!(!priority.is_normal());
-        ask.send(true).unwrap();
-        go.send(()).unwrap();
-        assert!(told.recv().unwrap(), "a job at idle priority");
-        ask.send(false).unwrap();
-        priority.raise();
-        go.send(()).unwrap();
-        assert!(!told.recv().unwrap(), "raised by another thread");
+        assert!(worker.job(true, || {}), "a job at idle priority");
+        assert!(
+            !worker.job(false, || priority.raise()),
+            "raised by another thread"
+        );
         // That job ended not caught up: the next one stays normal too, and ends caught up.
-        ask.send(true).unwrap();
-        go.send(()).unwrap();
-        assert!(!told.recv().unwrap(), "not caught up: stayed normal");
-        ask.send(true).unwrap();
-        go.send(()).unwrap();
-        assert!(told.recv().unwrap(), "caught up: idle again");
+        assert!(!worker.job(true, || {}), "not caught up: stayed normal");
+        assert!(worker.job(true, || {}), "caught up: idle again");
         drop(watchdog);
-        drop((ask, go));
-        thread.join().unwrap();
+        worker.stop();
     }
 
     #[test]
     fn a_job_starved_at_idle_priority_is_raised_by_the_watchdog() {
         let starved_after = Duration::from_millis(20);
         let priority = Priority::starved_after(starved_after);
-        let (ask, go, told, thread) = worker(&priority);
-        let Some(watchdog) = priority.watch(&thread) else {
+        let worker = Worker::start(&priority);
+        let Some(watchdog) = priority.watch(&worker.thread) else {
             assert!(
-                !priority.idle_allowed(),
+                !idle_can_be_left(),
                 "no watchdog only where idle is not allowed"
             );
             return;
         };
         // Watched, the thread goes idle once a job ends caught up.
-        ask.send(true).unwrap();
-        go.send(()).unwrap();
-        told.recv().unwrap();
+        worker.job(true, || {});
         assert!(!priority.is_normal());
         // A job that lasts past `starved_after` (as one waiting for the core would).
-        ask.send(true).unwrap();
-        let began = Instant::now();
-        while !priority.is_normal() {
-            assert!(began.elapsed() < Duration::from_secs(10), "never raised");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(
-            began.elapsed() >= starved_after,
-            "raised before it was starved"
-        );
-        go.send(()).unwrap();
-        assert!(
-            !told.recv().unwrap(),
-            "the rest of the job runs at normal priority"
-        );
+        let ran_idle = worker.job(true, || {
+            let began = Instant::now();
+            while !priority.is_normal() {
+                assert!(began.elapsed() < Duration::from_secs(10), "never raised");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(
+                began.elapsed() >= starved_after,
+                "raised before it was starved"
+            );
+        });
+        assert!(!ran_idle, "the rest of the job runs at normal priority");
         // Unwatched, the thread is raised and stays normal.
-        ask.send(true).unwrap();
-        go.send(()).unwrap();
-        told.recv().unwrap();
+        worker.job(true, || {});
         drop(watchdog);
         assert!(priority.is_normal());
-        ask.send(true).unwrap();
-        go.send(()).unwrap();
-        assert!(!told.recv().unwrap(), "no longer watched: never idle again");
-        drop((ask, go));
-        thread.join().unwrap();
+        assert!(
+            !worker.job(true, || {}),
+            "no longer watched: never idle again"
+        );
+        worker.stop();
     }
 }

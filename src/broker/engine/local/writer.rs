@@ -603,7 +603,6 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("herald-checkpoint".into())
             .spawn(move || {
-                mine.lower(|| caught_up(&*store));
                 let mut previous: Option<u64> = None;
                 for job in asked {
                     // After each job, back to idle priority if it was raised (a checkpoint
@@ -673,7 +672,7 @@ impl Checkpointer {
 
     /// Lets the thread finish the job it is doing, and end.
     fn stop(self) {
-        self.raise();
+        // The watchdog raises the thread as it stops, so its last job runs at normal priority.
         drop(self.watchdog);
         drop(self.jobs);
         let _ = self.thread.join();

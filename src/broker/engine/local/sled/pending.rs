@@ -172,11 +172,15 @@ mod tests {
     use super::*;
 
     fn event(stream: &str, id: u64) -> Arc<Event> {
+        event_with(stream, id, format!("{id}"))
+    }
+
+    fn event_with(stream: &str, id: u64, data: String) -> Arc<Event> {
         Arc::new(Event::new(
             EventId(id),
             StreamName::new(stream).unwrap(),
             None,
-            format!("{id}"),
+            data,
             id,
         ))
     }
@@ -263,21 +267,9 @@ mod tests {
         }
         assert_eq!(pending.backlog(), Backlog::Full);
         let mut big = Pending::default();
-        big.push(Arc::new(Event::new(
-            EventId(1),
-            StreamName::new("b").unwrap(),
-            None,
-            "x".repeat(SETTLE_BYTES),
-            1,
-        )));
+        big.push(event_with("b", 1, "x".repeat(SETTLE_BYTES)));
         assert_eq!(big.backlog(), Backlog::Due);
-        big.push(Arc::new(Event::new(
-            EventId(2),
-            StreamName::new("b").unwrap(),
-            None,
-            "x".repeat(SETTLE_BYTES),
-            1,
-        )));
+        big.push(event_with("b", 2, "x".repeat(SETTLE_BYTES)));
         assert_eq!(big.backlog(), Backlog::Behind);
     }
 }
