@@ -622,10 +622,11 @@ mod store_tests {
         }
     }
 
-    /// Stores written before runs existed keep one event per key; they are still read, trimmed
-    /// and appended to.
+    /// Stores written by earlier versions are still read, trimmed and appended to: one event
+    /// per key (before runs existed) in stream `old`, and runs whose events share one time in
+    /// stream `shared`. A trim keeps a cut run's tail in today's layout, each event's time kept.
     #[test]
-    fn sled_log_reads_a_store_written_one_event_per_key() {
+    fn sled_log_reads_stores_written_in_earlier_layouts() {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = ::sled::open(dir.path()).unwrap();
@@ -639,12 +640,29 @@ mod store_tests {
                 value.extend_from_slice(data.as_bytes());
                 db.insert(key, value).unwrap();
             }
-            let mut stats = Vec::new();
-            for field in [3u64, 1, 4, 101, 0] {
-                stats.extend_from_slice(&field.to_be_bytes());
+            // Two runs of events 5..=7 (time 150) and 8 (time 160).
+            for (time, ids) in [(150u64, 5u64..=7), (160, 8..=8)] {
+                let mut key = b"eshared\0".to_vec();
+                key.extend_from_slice(&ids.end().to_be_bytes());
+                let mut value = vec![2u8];
+                value.extend_from_slice(&time.to_be_bytes());
+                value.extend_from_slice(&(ids.clone().count() as u32).to_be_bytes());
+                for id in ids {
+                    value.extend_from_slice(&id.to_be_bytes());
+                    value.extend_from_slice(&0u16.to_be_bytes());
+                    value.extend_from_slice(&1u32.to_be_bytes());
+                    value.extend_from_slice(id.to_string().as_bytes());
+                }
+                db.insert(key, value).unwrap();
             }
-            db.insert(b"mold", stats).unwrap();
-            db.insert(b"s", &4u64.to_be_bytes()).unwrap();
+            for (stream, fields) in [
+                (&b"mold"[..], [3u64, 1, 4, 101, 0]),
+                (b"mshared", [4, 5, 8, 150, 0]),
+            ] {
+                let stats: Vec<u8> = fields.iter().flat_map(|f| f.to_be_bytes()).collect();
+                db.insert(stream, stats).unwrap();
+            }
+            db.insert(b"s", &8u64.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
         let log = open_sled(dir.path());
@@ -660,22 +678,38 @@ mod store_tests {
         );
         assert_eq!(log.get(&old, EventId(2)).unwrap().unwrap().data, "two");
         assert!(log.get(&old, EventId(3)).unwrap().is_none());
-        log.append(vec![new("old", "five"), new("old", "six")], 200)
+        log.append(vec![new("old", "nine"), new("old", "ten")], 200)
             .unwrap();
         assert_eq!(
             ids(&log.read(&old, EventId(1), EventId(99), 3).unwrap()),
-            [2, 4, 5]
+            [2, 4, 9]
         );
-        assert_eq!(ids(&log.read_last(&old, EventId(5), 3).unwrap()), [2, 4, 5]);
-        let keep2 = Retention {
-            max_len: Some(2),
+        assert_eq!(ids(&log.read_last(&old, EventId(9), 3).unwrap()), [2, 4, 9]);
+        let keep = |n| Retention {
+            max_len: Some(n),
             max_age_ms: None,
         };
-        assert_eq!(log.trim(&old, &keep2, 300, 99).unwrap().removed, 3);
+        assert_eq!(log.trim(&old, &keep(2), 300, 99).unwrap().removed, 3);
         assert_eq!(
             ids(&log.read(&old, EventId(0), EventId(99), 99).unwrap()),
-            [5, 6]
+            [9, 10]
         );
+
+        let shared = StreamName::new("shared").unwrap();
+        let times = |log: &SledStore| -> Vec<(u64, u64)> {
+            let events = log.read(&shared, EventId(0), EventId(99), 99).unwrap();
+            events.iter().map(|e| (e.id.0, e.time)).collect()
+        };
+        assert_eq!(times(&log), [(5, 150), (6, 150), (7, 150), (8, 160)]);
+        assert_eq!(log.get(&shared, EventId(6)).unwrap().unwrap().data, "6");
+        log.append(vec![new("shared", "eleven")], 170).unwrap();
+        log.settle().unwrap();
+        assert_eq!(log.trim(&shared, &keep(4), 300, 99).unwrap().removed, 1);
+        assert_eq!(times(&log), [(6, 150), (7, 150), (8, 160), (11, 170)]);
+        assert_eq!(log.stats(&shared).unwrap().first_time, 150);
+        drop(log);
+        let log = open_sled(dir.path());
+        assert_eq!(times(&log), [(6, 150), (7, 150), (8, 160), (11, 170)]);
     }
 
     /// A page is a range search: the same names, in the same order, as filtering and sorting

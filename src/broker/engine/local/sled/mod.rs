@@ -104,7 +104,7 @@ fn insert_answer(batch: &mut Batch, key: &IdempotencyKey, time: u64, receipts: &
     batch.insert(answer_time_key(time, key), Vec::new());
 }
 
-/// Events as runs, per stream, in id order: a run holds one stream's events of one time.
+/// Events as runs, per stream, in id order.
 #[derive(Default)]
 struct Runs {
     filled: Vec<(Vec<u8>, Vec<u8>)>,
@@ -123,19 +123,10 @@ impl Runs {
     ) {
         let run = match self.open.get_mut(stream) {
             Some(run) => run,
-            None => self
-                .open
-                .entry(stream.clone())
-                .or_insert(RunWriter::new(time)),
+            None => self.open.entry(stream.clone()).or_default(),
         };
-        if run.time() != time {
-            if let Some((last, value)) = run.finish() {
-                self.filled.push((event_key(stream, last), value));
-            }
-            *run = RunWriter::new(time);
-        }
         let kind = kind.map_or("", EventType::as_str);
-        if let Some((last, value)) = run.push(id, kind.as_bytes(), data.as_bytes()) {
+        if let Some((last, value)) = run.push(id, time, kind.as_bytes(), data.as_bytes()) {
             self.filled.push((event_key(stream, last), value));
         }
     }
@@ -647,16 +638,14 @@ impl Store for SledStore {
         // Start above a delete floor: what lies below it belongs to the stream's former life.
         for item in runs_from(&self.db, stream, EventId(st.floor(stream).0 + 1)) {
             let (key, value) = item?;
-            let run = Run::parse(stream, &key, &value)?;
-            let time = run.time;
-            let events = run.collect::<Result<Vec<_>, _>>()?;
+            let events = Run::parse(stream, &key, &value)?.collect::<Result<Vec<_>, _>>()?;
             let mut cut = 0;
             for stored in &events {
                 if outcome.removed as usize == budget {
-                    outcome.more = plan.remove(time);
+                    outcome.more = plan.remove(stored.time);
                     break;
                 }
-                if !plan.remove(time) {
+                if !plan.remove(stored.time) {
                     break;
                 }
                 outcome.removed += 1;
@@ -667,12 +656,13 @@ impl Store for SledStore {
                 batch.remove(key);
                 continue;
             };
-            new_first = Some((first_kept.id, time));
+            new_first = Some((first_kept.id, first_kept.time));
             if cut > 0 {
                 // The run's tail stays, under the same key (its last id is unchanged).
-                let mut rest = RunWriter::new(time);
+                let mut rest = RunWriter::default();
                 for stored in &events[cut..] {
-                    if let Some((last, value)) = rest.push(stored.id, stored.kind, stored.data) {
+                    let tail = rest.push(stored.id, stored.time, stored.kind, stored.data);
+                    if let Some((last, value)) = tail {
                         batch.insert(event_key(stream, last), value);
                     }
                 }
@@ -899,8 +889,8 @@ mod tests {
         assert_eq!((stats.length, stats.last_id), (7, next[0].id));
     }
 
-    /// Appends stay pending, readable, until a settle stores them: a stream's events of one
-    /// time as full runs, each touched stream's counters beside them.
+    /// Appends stay pending, readable, until a settle stores them: a stream's events as full
+    /// runs, each touched stream's counters beside them.
     #[test]
     fn a_settle_stores_pending_appends_as_full_runs_with_their_counters() {
         let dir = tempfile::tempdir().unwrap();
@@ -921,7 +911,7 @@ mod tests {
         for _ in 0..10 {
             log.append(vec![new("a", "z")], 1).unwrap();
         }
-        // One at a later time: a run of its own (a run holds events of one time).
+        // One at a later time joins them: an event keeps its own time in the run.
         log.append(vec![new("a", "later")], 2).unwrap();
         assert_eq!(runs(&log), 0, "nothing in sled before the settle");
         assert_eq!(log.stats(&a).unwrap().length, 13);
@@ -929,8 +919,8 @@ mod tests {
         log.settle().unwrap();
         assert_eq!(
             runs(&log),
-            4,
-            "each event of RUN_BYTES fills a run by itself; the ten small ones share one"
+            3,
+            "each event of RUN_BYTES fills a run by itself; the eleven small ones share one"
         );
         let stored = decode_stats(&log.db.get(keyed(b'm', &a)).unwrap().unwrap()).unwrap();
         assert_eq!(Some(stored), log.stats(&a));
@@ -938,6 +928,7 @@ mod tests {
         assert_eq!(read.len(), 13);
         assert_eq!(read[12].data, "later");
         assert_eq!(read[12].time, 2);
+        assert!(read[..12].iter().all(|e| e.time == 1));
     }
 
     /// sled's iterators are not snapshots. A reader that took the floor before a delete, and
