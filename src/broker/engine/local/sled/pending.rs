@@ -4,9 +4,9 @@
 //! Why: with the write-ahead log, sled no longer has to hold an event before it is acknowledged
 //! (the log does), so its inserts need not be on the acknowledgement path. The checkpoint thread
 //! settles, at idle priority until it falls behind (the writer only when that thread has fallen
-//! far behind), and in bulk: a stream's
-//! events of one millisecond share a run, where each group of a few publishes stored a short run
-//! of its own (BENCHMARKS.md, "Step 3": durable POSTs +13 % at 16 connections, batches +13 %).
+//! far behind), and in bulk: a stream's events fill runs of 4 KiB, where each group of a few
+//! publishes stored a short run of its own (BENCHMARKS.md, "Step 3": durable POSTs +13 % at 16
+//! connections, batches +13 %).
 //!
 //! Reads see pending events beside sled's: a stream's pending events are always its newest, so
 //! a read takes what is pending first, then asks sled only for what lies below the first pending
