@@ -175,9 +175,19 @@ impl Conn for TcpStream {
         .await
     }
 
+    /// Polled afresh beside every frame written, so it waits by `poll_read_ready`: that keeps
+    /// the task's waker in the socket's one reader slot, where `readable()` or `async_io` would
+    /// add it to the socket's list of waiters and take it out again each time (a lock, a waker
+    /// clone and a drop per frame).
     async fn probe(&mut self, probe: &mut [u8]) -> io::Result<usize> {
-        self.async_io(Interest::READABLE, || self.try_read(probe))
-            .await
+        loop {
+            std::future::poll_fn(|cx| self.poll_read_ready(cx)).await?;
+            // A `WouldBlock` clears the readiness, so the next poll waits for new bytes.
+            match self.try_read(probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                read => return read,
+            }
+        }
     }
 
     /// In as few `writev`s as the socket allows. Only a write the socket cannot take at once
