@@ -627,33 +627,23 @@ mod store_tests {
     /// stream `shared`. A trim keeps a cut run's tail in today's layout, each event's time kept.
     #[test]
     fn sled_log_reads_stores_written_in_earlier_layouts() {
+        use crate::broker::engine::local::sled::earlier;
         let dir = tempfile::tempdir().unwrap();
         {
             let db = ::sled::open(dir.path()).unwrap();
             for (id, kind, data) in [(1u64, "", "one"), (2, "greeting", "two"), (4, "", "four")] {
                 let mut key = b"eold\0".to_vec();
                 key.extend_from_slice(&id.to_be_bytes());
-                let mut value = vec![1u8];
-                value.extend_from_slice(&(100 + id).to_be_bytes());
-                value.extend_from_slice(&(kind.len() as u16).to_be_bytes());
-                value.extend_from_slice(kind.as_bytes());
-                value.extend_from_slice(data.as_bytes());
-                db.insert(key, value).unwrap();
+                db.insert(key, earlier::single(100 + id, kind, data))
+                    .unwrap();
             }
             // Two runs of events 5..=7 (time 150) and 8 (time 160).
             for (time, ids) in [(150u64, 5u64..=7), (160, 8..=8)] {
                 let mut key = b"eshared\0".to_vec();
                 key.extend_from_slice(&ids.end().to_be_bytes());
-                let mut value = vec![2u8];
-                value.extend_from_slice(&time.to_be_bytes());
-                value.extend_from_slice(&(ids.clone().count() as u32).to_be_bytes());
-                for id in ids {
-                    value.extend_from_slice(&id.to_be_bytes());
-                    value.extend_from_slice(&0u16.to_be_bytes());
-                    value.extend_from_slice(&1u32.to_be_bytes());
-                    value.extend_from_slice(id.to_string().as_bytes());
-                }
-                db.insert(key, value).unwrap();
+                let data: Vec<(u64, String)> = ids.map(|id| (id, id.to_string())).collect();
+                let events: Vec<_> = data.iter().map(|(id, d)| (*id, "", d.as_str())).collect();
+                db.insert(key, earlier::shared(time, &events)).unwrap();
             }
             for (stream, fields) in [
                 (&b"mold"[..], [3u64, 1, 4, 101, 0]),

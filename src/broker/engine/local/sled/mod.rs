@@ -43,6 +43,8 @@ use self::keys::{
     read_u64, runs_from,
 };
 use self::pending::{Pending, Settled};
+#[cfg(test)]
+pub(crate) use self::runs::earlier;
 use self::runs::{Run, RunWriter};
 
 use super::store::{

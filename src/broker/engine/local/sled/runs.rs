@@ -246,6 +246,37 @@ impl Stored<'_> {
     }
 }
 
+/// Records in the layouts earlier versions wrote, for tests that read them.
+#[cfg(test)]
+pub(crate) mod earlier {
+    use super::{EVENT_RUN, SINGLE_EVENT};
+
+    /// A record from before runs: one event, whose id is in its key.
+    pub(crate) fn single(time: u64, kind: &str, data: &str) -> Vec<u8> {
+        let mut value = vec![SINGLE_EVENT];
+        value.extend_from_slice(&time.to_be_bytes());
+        value.extend_from_slice(&(kind.len() as u16).to_be_bytes());
+        value.extend_from_slice(kind.as_bytes());
+        value.extend_from_slice(data.as_bytes());
+        value
+    }
+
+    /// A run whose events, `(id, type, data)` each, share its one time.
+    pub(crate) fn shared(time: u64, events: &[(u64, &str, &str)]) -> Vec<u8> {
+        let mut value = vec![EVENT_RUN];
+        value.extend_from_slice(&time.to_be_bytes());
+        value.extend_from_slice(&(events.len() as u32).to_be_bytes());
+        for (id, kind, data) in events {
+            value.extend_from_slice(&id.to_be_bytes());
+            value.extend_from_slice(&(kind.len() as u16).to_be_bytes());
+            value.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            value.extend_from_slice(kind.as_bytes());
+            value.extend_from_slice(data.as_bytes());
+        }
+        value
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,16 +355,7 @@ mod tests {
     #[test]
     fn records_of_earlier_layouts_are_read() {
         let stream = StreamName::new("s").unwrap();
-        let mut shared = vec![EVENT_RUN];
-        shared.extend_from_slice(&500u64.to_be_bytes());
-        shared.extend_from_slice(&2u32.to_be_bytes());
-        for (id, kind, data) in [(7u64, "", "seven"), (8, "greeting", "eight")] {
-            shared.extend_from_slice(&id.to_be_bytes());
-            shared.extend_from_slice(&(kind.len() as u16).to_be_bytes());
-            shared.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            shared.extend_from_slice(kind.as_bytes());
-            shared.extend_from_slice(data.as_bytes());
-        }
+        let shared = earlier::shared(500, &[(7, "", "seven"), (8, "greeting", "eight")]);
         let read: Vec<_> = Run::parse(&stream, &event_key(&stream, EventId(8)), &shared)
             .unwrap()
             .map(|stored| stored.unwrap().event(&stream).unwrap())
@@ -353,10 +375,7 @@ mod tests {
                 (8, 500, Some("greeting".to_owned()), "eight".to_owned())
             ]
         );
-        let mut single = vec![SINGLE_EVENT];
-        single.extend_from_slice(&600u64.to_be_bytes());
-        single.extend_from_slice(&0u16.to_be_bytes());
-        single.extend_from_slice(b"nine");
+        let single = earlier::single(600, "", "nine");
         let read: Vec<_> = Run::parse(&stream, &event_key(&stream, EventId(9)), &single)
             .unwrap()
             .map(|stored| stored.unwrap().event(&stream).unwrap())
